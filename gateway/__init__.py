@@ -1,0 +1,3 @@
+"""OpenAI-compatible server: the base model and many adapters on one vLLM engine."""
+
+__all__: list[str] = []
