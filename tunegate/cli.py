@@ -20,7 +20,7 @@ from tunegate.config import ConfigError, load_settings
 __all__ = ["CommandError", "main"]
 
 # Command groups, in the order `tunegate --help` lists them.
-_COMMANDS = ["model", "config", "demo"]
+_COMMANDS = ["model", "config", "loadtest", "demo"]
 
 
 class CommandError(Exception):
@@ -44,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may come after options (`tune R --resume lr=1e-3`); argparse
+    # stops filling a `nargs="*"` positional at the first option, so gather the rest here.
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        unknown = [x for x in extra if x.startswith("-") or "=" not in x]
+        if not unknown:
+            args.overrides += extra
+            extra = []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         settings = load_settings(args.config)
         code: int = args.func(args, settings)
