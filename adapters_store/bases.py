@@ -67,7 +67,7 @@ class BaseModel:
 
 
 def check_id(base_id: str) -> str:
-    if not _ID_RE.match(base_id):
+    if not _ID_RE.fullmatch(base_id):
         raise ValueError(f"invalid base model id {base_id!r}: must match {_ID_RE.pattern}")
     return base_id
 
@@ -83,7 +83,7 @@ class BaseRegistry:
             return []
         out = []
         for child in sorted(self.models_dir.iterdir()):
-            if (child / MANIFEST).is_file() and _ID_RE.match(child.name):
+            if (child / MANIFEST).is_file() and _ID_RE.fullmatch(child.name):
                 out.append(self._load(child))
         return out
 
