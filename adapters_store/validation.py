@@ -121,9 +121,7 @@ def _linear_shapes(base: BaseModel) -> dict[str, tuple[int, ...]]:
 # -- LoRA -------------------------------------------------------------------------------
 
 
-def _lora_base(
-    config: dict[str, Any], bases: BaseRegistry, base: str | None
-) -> tuple[BaseModel, str | None]:
+def _lora_base(config: dict[str, Any], bases: BaseRegistry, base: str | None) -> BaseModel:
     """The registered base: the one given, else the adapter's `base_model_name_or_path`."""
     named = config.get("base_model_name_or_path")
     matched = _match_base(str(named), bases) if isinstance(named, str) and named else None
@@ -138,7 +136,7 @@ def _lora_base(
                 "base_model_name_or_path",
                 f"{named!r} is the registered base {matched.id!r}, not {chosen.id!r}",
             )
-        return chosen, None
+        return chosen
     if matched is None:
         known = ", ".join(b.id for b in bases.list()) or "none"
         raise _refuse(
@@ -147,7 +145,7 @@ def _lora_base(
             f"{named!r} is not a registered base model (registered: {known}); "
             "pass the base id explicitly",
         )
-    return matched, named if isinstance(named, str) else None
+    return matched
 
 
 def _match_base(named: str, bases: BaseRegistry) -> BaseModel | None:
@@ -238,7 +236,11 @@ def _rank_for(config: dict[str, Any], module: str) -> int:
 
 
 def _check_target_modules(
-    config: dict[str, Any], linear: dict[str, tuple[int, ...]], servable: set[str], arch: str
+    config: dict[str, Any],
+    linear: dict[str, tuple[int, ...]],
+    servable: set[str],
+    embeddings: set[str],
+    arch: str,
 ) -> None:
     """The declared targets; the tensors are checked too, since PEFT records targets that
     matched nothing and vLLM goes by the tensors."""
@@ -254,13 +256,19 @@ def _check_target_modules(
         suffixes = {t.rsplit(".", 1)[-1] for t in targets}
     else:
         raise _refuse(ADAPTER_CONFIG, "target_modules", "must be a list of names or a pattern")
-    bad = sorted(suffixes - servable)
-    if bad:
+    for suffix in sorted(suffixes - servable):
         raise _refuse(
-            ADAPTER_CONFIG,
-            "target_modules",
-            f"{bad} cannot be served by vLLM for {arch} (servable: {sorted(servable)})",
+            ADAPTER_CONFIG, "target_modules", _unservable(suffix, servable, embeddings, arch)
         )
+
+
+def _unservable(suffix: str, servable: set[str], embeddings: set[str], arch: str) -> str:
+    if suffix in embeddings:
+        return (
+            f"LoRA on the embedding layer {suffix!r} is refused; "
+            f"target the linear layers ({', '.join(sorted(servable))})"
+        )
+    return f"{suffix!r} cannot be served by vLLM for {arch} (servable: {sorted(servable)})"
 
 
 def inspect_lora(
@@ -269,7 +277,7 @@ def inspect_lora(
     refuse_unsafe_files(folder)
     config = _read_json(folder, ADAPTER_CONFIG)
     _check_lora_config(config, max_rank)
-    chosen, _ = _lora_base(config, bases, base)
+    chosen = _lora_base(config, bases, base)
 
     support = arch(chosen.architecture)
     if not support.supports_lora:
@@ -280,34 +288,28 @@ def inspect_lora(
     linear = _linear_shapes(chosen)
     embeddings = set(support.embedding_modules)
     servable = {m.rsplit(".", 1)[-1] for m in linear} - embeddings
-    _check_target_modules(config, linear, servable, chosen.architecture)
+    _check_target_modules(config, linear, servable, embeddings, chosen.architecture)
 
     tensors = _tensor_headers(folder, ADAPTER_WEIGHTS)
     if not tensors:
         raise _refuse(ADAPTER_WEIGHTS, "tensors", "no LoRA tensors in the file")
     pairs: dict[str, dict[str, tuple[int, ...]]] = {}
     dtypes: set[str] = set()
+    arch_name = chosen.architecture
     for key, (dtype, shape) in sorted(tensors.items()):
         emb = _LORA_EMBEDDING_KEY.match(key)
+        if emb is not None:
+            suffix = emb["module"].rsplit(".", 1)[-1]
+            why = _unservable(suffix, servable, embeddings | {suffix}, arch_name)
+            raise _refuse(ADAPTER_WEIGHTS, key, why)
         m = _LORA_KEY.match(key)
-        if emb or (m and m["module"].rsplit(".", 1)[-1] in embeddings):
-            module = (emb or m)["module"]  # type: ignore[index]
-            raise _refuse(
-                ADAPTER_WEIGHTS,
-                key,
-                f"LoRA on the embedding layer {module.rsplit('.', 1)[-1]!r} is refused; "
-                f"target the linear layers ({', '.join(sorted(servable))})",
-            )
         if m is None:
             raise _refuse(ADAPTER_WEIGHTS, key, "not a LoRA A/B weight (unexpected tensor)")
         module, ab = m["module"], m["ab"]
         suffix = module.rsplit(".", 1)[-1]
         if suffix not in servable:
             raise _refuse(
-                ADAPTER_WEIGHTS,
-                key,
-                f"{suffix!r} cannot be served by vLLM for {chosen.architecture} "
-                f"(servable: {sorted(servable)})",
+                ADAPTER_WEIGHTS, key, _unservable(suffix, servable, embeddings, arch_name)
             )
         if module not in linear:
             raise _refuse(ADAPTER_WEIGHTS, key, f"base {chosen.id!r} has no module {module!r}")
@@ -320,7 +322,9 @@ def inspect_lora(
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
             missing = ({"A", "B"} - set(ab)).pop()
-            raise _refuse(ADAPTER_WEIGHTS, f"{module}.lora_{missing}", "missing")
+            raise _refuse(
+                ADAPTER_WEIGHTS, f"base_model.model.{module}.lora_{missing}.weight", "missing"
+            )
         out_features, in_features = linear[module]
         rank = _rank_for(config, module)
         expected = {"A": (rank, in_features), "B": (out_features, rank)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,26 @@ def test_name_rules(store: Store, adapter: Path, tiny_model: BaseModel) -> None:
         store.publish(adapter, tiny_model.id)
     assert store.list() == []
     assert not (store.root / "blobs").exists() or not any((store.root / "blobs").iterdir())
+
+
+def test_verify_names_each_changed_missing_or_added_file(store: Store, adapter: Path) -> None:
+    v1 = store.publish(adapter, "telecom")
+    v2 = store.publish(adapter, "telecom")
+    assert store.verify() == []
+
+    weights = v1.path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last tensor: same size, still loadable
+    weights.write_bytes(bytes(data))
+    (v1.path / "adapter_config.json").unlink()
+    (v1.path / "extra.bin").write_bytes(b"\x80\x04.")
+    assert store.verify() == [
+        "telecom@1: adapter_config.json: missing",
+        "telecom@1: adapter_model.safetensors: sha256 differs from the published one",
+        "telecom@1: extra.bin: not part of the published version",
+    ]
+    assert store.verify("telecom@2") == []
+    assert len(store.verify("telecom@1")) == 3
+
+    shutil.rmtree(v2.path)
+    assert store.verify("telecom") == [f"telecom@2: folder {v2.path} is missing"]

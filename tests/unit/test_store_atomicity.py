@@ -1,0 +1,197 @@
+"""Crashes and concurrency: a publisher killed at any point leaves no trace, a live one is
+never swept, and concurrent publishers of one name get distinct versions.
+
+Publishers run as real child processes (SIGKILL cannot be simulated in-process). Each
+child stops itself at a chosen point by patching one function, and signals the parent
+through a marker file, so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters_store import BaseModel, BaseRegistry, Store
+from adapters_store.testing import write_lora
+
+_CHILD = """
+import json, os, shutil, signal, sys, time
+from pathlib import Path
+from adapters_store import BaseRegistry, Store
+import adapters_store.sqlite_catalog as sql
+
+root, models, adapter, name, mode, marker, count = sys.argv[1:8]
+
+def announce():
+    Path(marker).write_text(str(os.getpid()))
+
+if mode == "stall-in-copy":
+    import adapters_store.catalog as catalog
+    def copy_tree(src, dest):
+        def copy2(s, d, **kw):
+            out = shutil.copy2(s, d, **kw)
+            announce()
+            time.sleep(600)  # the parent kills us here, after the first file
+            return out
+        shutil.copytree(src, dest, copy_function=copy2)
+    catalog.copy_tree = copy_tree
+elif mode == "die-before-commit":
+    def insert_version(self, *args, **kw):
+        announce()
+        os.kill(os.getpid(), signal.SIGKILL)  # after the move into blobs/, before commit
+    sql.CatalogTx.insert_version = insert_version
+elif mode == "wait-for-go":
+    announce()
+    while not Path(marker + ".go").exists():
+        time.sleep(0.01)
+
+store = Store(Path(root), BaseRegistry(Path(models)))
+done = [store.publish(Path(adapter), name).version for _ in range(int(count))]
+print(json.dumps(done))
+"""
+
+
+@pytest.fixture
+def store(home: Path) -> Store:
+    store = Store(home / "store", BaseRegistry(home / "models"))
+    return store
+
+
+@pytest.fixture
+def adapter(tmp_path: Path, tiny_model: BaseModel, store: Store) -> Path:
+    folder = write_lora(tmp_path / "adapter", tiny_model, r=4)
+    # Fill the store's cache of vLLM's rules, so children need not import vLLM (~15 s).
+    store._arch(tiny_model.architecture)
+    return folder
+
+
+def _child(
+    store: Store, adapter: Path, mode: str, marker: Path, name: str = "telecom", count: int = 1
+) -> subprocess.Popen[str]:
+    args = [str(store.root), str(store.bases.models_dir), str(adapter), name, mode, str(marker)]
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, *args, str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 300  # generous: only bounds a broken test, never a pass
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("child never reached the marker")
+        time.sleep(0.05)
+
+
+def _entries(folder: Path) -> list[str]:
+    return (
+        sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+        if folder.exists()
+        else []
+    )
+
+
+def test_publish_killed_mid_copy_leaves_no_trace(
+    store: Store, adapter: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    proc = _child(store, adapter, "stall-in-copy", marker)
+    try:
+        _wait_for(marker, proc)
+        # While the publisher is alive, opening the store must not sweep its work.
+        Store(store.root, store.bases)
+        assert _entries(store.root / "tmp"), "the live publisher's staging folder was swept"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _entries(store.root / "tmp"), "expected a half-copied staging folder"
+    assert store.list() == []
+
+    reopened = Store(store.root, store.bases)
+    assert _entries(reopened.root / "tmp") == []
+    assert _entries(reopened.root / "blobs") == []
+    assert reopened.list() == []
+    assert reopened.publish(adapter, "telecom").version == 1
+    assert reopened.verify() == []
+
+
+def test_publish_killed_before_commit_leaves_no_trace(
+    store: Store, adapter: Path, tmp_path: Path
+) -> None:
+    generation = store.generation()
+    proc = _child(store, adapter, "die-before-commit", tmp_path / "marker")
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    # The folder was moved into blobs/, but the transaction that records it never committed.
+    assert (store.root / "blobs" / "telecom" / "1").is_dir()
+    assert store.list() == []
+    assert store.generation() == generation
+
+    reopened = Store(store.root, store.bases)
+    assert _entries(reopened.root / "blobs") == []
+    assert _entries(reopened.root / "tmp") == []
+    published = reopened.publish(adapter, "telecom")
+    assert published.version == 1
+    assert reopened.verify() == []
+
+
+def test_concurrent_publishers_get_distinct_versions(
+    store: Store, adapter: Path, tmp_path: Path
+) -> None:
+    markers = [tmp_path / f"marker{i}" for i in range(3)]
+    procs = [_child(store, adapter, "wait-for-go", m, count=3) for m in markers]
+    try:
+        for marker, proc in zip(markers, procs, strict=True):
+            _wait_for(marker, proc)
+        for marker in markers:  # release them together
+            Path(str(marker) + ".go").touch()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+            results.extend(json.loads(out))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sorted(results) == list(range(1, 10))
+    listed = store.list("telecom")
+    assert [v.version for v in listed] == list(range(1, 10))
+    assert len({v.uid for v in listed}) == 9
+    assert store.verify() == []
+    assert _entries(store.root / "tmp") == []
+
+
+def test_readers_in_other_processes_see_changes_through_generation(
+    store: Store, adapter: Path
+) -> None:
+    """A second catalog connection (as the gateway's) sees each change's generation, and the
+    change itself once it sees the new number."""
+    watcher = Store(store.root, store.bases)
+    seen = watcher.generation()
+    store.publish(adapter, "telecom")
+    assert watcher.generation() > seen
+    assert watcher.resolve("telecom").version == 1
+    seen = watcher.generation()
+    store.set_alias("telecom@1", "prod")
+    assert watcher.generation() > seen
+    assert watcher.resolve("telecom@prod").version == 1
+    seen = watcher.generation()
+    store.remove("telecom@1", force=True)
+    assert watcher.generation() > seen
+    assert watcher.list() == []
+    assert not (store.root / "blobs" / "telecom" / "1").exists()
