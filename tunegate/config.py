@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from adapters_store.config import StoreConfig, default_home
+from gateway.config import GatewayConfig
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -44,6 +45,7 @@ class Settings:
         metadata={"doc": "Registered base model used when a command names none."},
     )
     store: StoreConfig = field(default_factory=StoreConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     # Where each value came from ("default", the config file's path, or "env:NAME"),
     # keyed by dotted name; printed by `tunegate config`.
     sources: dict[str, str] = field(default_factory=dict, metadata={"internal": True})

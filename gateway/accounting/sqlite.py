@@ -1,0 +1,147 @@
+"""The embedded record store: one SQLite file in WAL mode."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import astuple, fields
+from pathlib import Path
+
+from gateway.accounting.records import GroupBy, UsageRecord, UsageTotals
+
+__all__ = ["SQLiteSink", "percentile"]
+
+_COLUMNS = [f.name for f in fields(UsageRecord)]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    key_id TEXT,
+    operation TEXT NOT NULL,
+    requested_model TEXT NOT NULL,
+    artifact TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    queue_ms REAL,
+    ttft_ms REAL,
+    e2e_ms REAL NOT NULL,
+    status TEXT NOT NULL,
+    http_status INTEGER NOT NULL,
+    finish_reason TEXT,
+    cost_usd REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
+"""
+# The grouping column is picked from this fixed map, never from request text.
+_GROUP_COLUMN: dict[str, str] = {
+    "artifact": "artifact",
+    "key": "key_id",
+    "model": "requested_model",
+}
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 1]."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+class SQLiteSink:
+    """Records in `requests`; a record whose id is already stored is left as it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._conn = self._connect()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed batch survives a power cut, not only a crash; one fsync per
+        # batch (at most a few a second) is cheap.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        sql = (
+            f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_COLUMNS))})"
+        )
+        with self._write_lock, self._conn:
+            self._conn.executemany(sql, [astuple(r) for r in records])
+
+    def totals(
+        self, group_by: GroupBy, since: float | None = None, until: float | None = None
+    ) -> list[UsageTotals]:
+        column = _GROUP_COLUMN[group_by]
+        where, args = self._window(since, until)
+        # A connection per query: readers never wait for the writer in WAL mode.
+        conn = self._connect()
+        try:
+            sums = conn.execute(
+                f"SELECT {column}, COUNT(*), SUM(status != 'ok'), SUM(prompt_tokens), "
+                f"SUM(completion_tokens), SUM(cached_tokens), SUM(cost_usd) "
+                f"FROM requests {where} GROUP BY {column} ORDER BY {column}",
+                args,
+            ).fetchall()
+            latencies: dict[str | None, tuple[list[float], list[float]]] = {
+                row[0]: ([], []) for row in sums
+            }
+            # Percentiles over successful requests only: a 404 answered in 1 ms is not
+            # a latency anyone waited for.
+            ok = "status = 'ok'" if not where else f"{where[len('WHERE ') :]} AND status = 'ok'"
+            for group, e2e, ttft in conn.execute(
+                f"SELECT {column}, e2e_ms, ttft_ms FROM requests WHERE {ok} "
+                f"ORDER BY {column}, e2e_ms",
+                args,
+            ):
+                e2e_list, ttft_list = latencies[group]
+                e2e_list.append(e2e)
+                if ttft is not None:
+                    ttft_list.append(ttft)
+        finally:
+            conn.close()
+        out = []
+        for group, n, errors, prompt, completion, cached, cost in sums:
+            e2e_list, ttft_list = latencies[group]
+            ttft_list.sort()
+            out.append(
+                UsageTotals(
+                    group=group,
+                    requests=n,
+                    errors=errors or 0,
+                    prompt_tokens=prompt or 0,
+                    completion_tokens=completion or 0,
+                    cached_tokens=cached or 0,
+                    latency_ms_p50=percentile(e2e_list, 0.5),
+                    latency_ms_p95=percentile(e2e_list, 0.95),
+                    ttft_ms_p50=percentile(ttft_list, 0.5),
+                    ttft_ms_p95=percentile(ttft_list, 0.95),
+                    cost_usd=cost or 0.0,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _window(since: float | None, until: float | None) -> tuple[str, list[float]]:
+        clauses, args = [], []
+        if since is not None:
+            clauses.append("created_at >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("created_at < ?")
+            args.append(until)
+        return ("WHERE " + " AND ".join(clauses) if clauses else "", args)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._conn.close()

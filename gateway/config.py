@@ -1,0 +1,216 @@
+"""Settings of the gateway (`gateway.*` in the config file, `TUNEGATE_GATEWAY_*` in the env).
+
+Three small sections: the vLLM engine(s) (`gateway.engine.*`), accounting and prices
+(`gateway.accounting.*`), and the server itself (the fields of `GatewayConfig`).
+
+Prices. Every request's cost is
+
+    cost_usd = (prompt_tokens * input_weight + completion_tokens) * usd_per_output_token
+
+where the price of an output token is what the serving machine costs for the time it takes
+to produce one token at its measured throughput:
+
+    usd_per_output_token = usd_per_gpu_hour / (3600 * throughput_tok_s)
+
+`input_weight` (default 0.1) prices a prompt token as a fraction of an output token, because
+prefill handles a whole prompt in one batched forward pass while decode pays one pass per
+token. `accounting.prices` overrides the derived price per served model, keyed by an exact
+version (`name@3`), an artifact name (`name`, every version) or a base model id, with values
+`{"input": USD per 1M prompt tokens, "output": USD per 1M completion tokens}`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AccountingConfig", "EngineConfig", "GatewayConfig", "Price"]
+
+_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class EngineConfig:
+    """One vLLM `AsyncLLM` per served base model (`gateway.engine.*`)."""
+
+    bases: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "Base model ids to serve, one engine each; empty means [default_base]."},
+    )
+    dtype: str = field(default="bfloat16", metadata={"doc": f"Weights dtype: {_DTYPES}."})
+    max_model_len: int = field(
+        default=2048, metadata={"doc": "Context length (prompt + completion tokens)."}
+    )
+    max_num_seqs: int = field(
+        default=64, metadata={"doc": "Most sequences the engine batches in one step."}
+    )
+    kv_cache_gib: float = field(
+        default=2.0,
+        metadata={
+            "doc": "KV-cache size in GiB (vLLM kv_cache_memory_bytes; on the CPU this is "
+            "what VLLM_CPU_KVCACHE_SPACE sets)."
+        },
+    )
+    enable_lora: bool = field(default=True, metadata={"doc": "Serve LoRA adapters."})
+    max_loras: int = field(
+        default=4, metadata={"doc": "Adapters that can run in one batch (GPU/engine slots)."}
+    )
+    max_cpu_loras: int = field(
+        default=16,
+        metadata={"doc": "Adapters kept loaded in host memory (LRU cache, >= max_loras)."},
+    )
+    max_lora_rank: int = field(default=64, metadata={"doc": "Largest adapter rank served."})
+    seed: int = field(default=0, metadata={"doc": "Engine seed (requests may pass their own)."})
+    serve_model_artifacts: bool = field(
+        default=False,
+        metadata={
+            "doc": "Also serve `model` artifacts (distilled / fully tuned), each on its own "
+            "engine started on first use."
+        },
+    )
+    max_model_engines: int = field(
+        default=1,
+        metadata={"doc": "Most `model`-artifact engines alive at once (idle ones are evicted)."},
+    )
+    extra_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"doc": "More vLLM engine arguments, passed through (e.g. enforce_eager)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"gateway.engine.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        for name in ("max_model_len", "max_num_seqs", "max_loras", "max_lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gateway.engine.{name} must be >= 1")
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"gateway.engine.max_cpu_loras ({self.max_cpu_loras}) must be >= "
+                f"max_loras ({self.max_loras})"
+            )
+        if not self.kv_cache_gib > 0:
+            raise ValueError("gateway.engine.kv_cache_gib must be > 0")
+        if self.max_model_engines < 1:
+            raise ValueError("gateway.engine.max_model_engines must be >= 1")
+        if not isinstance(self.extra_args, dict):
+            raise ValueError("gateway.engine.extra_args must be a mapping")
+        if len(set(self.bases)) != len(self.bases):
+            raise ValueError(f"gateway.engine.bases lists a model twice: {self.bases}")
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per one million tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+@dataclass
+class AccountingConfig:
+    """Per-request records and prices (`gateway.accounting.*`)."""
+
+    path: Path | None = field(
+        default=None,
+        metadata={"doc": "Records' SQLite file; empty: $TUNEGATE_HOME/accounting.sqlite3."},
+    )
+    flush_interval_s: float = field(
+        default=0.5, metadata={"doc": "Longest time a record waits in memory (<= 1 s)."}
+    )
+    batch_size: int = field(default=256, metadata={"doc": "Records written per transaction."})
+    usd_per_gpu_hour: float = field(
+        default=2.0, metadata={"doc": "Hourly price of the machine that runs the engine."}
+    )
+    throughput_tok_s: float = field(
+        default=176.0,
+        metadata={
+            "doc": "Measured output tokens/s of the engine at full batch (176: SmolLM2-135M, "
+            "bf16, 2 CPU cores, 32 concurrent chats)."
+        },
+    )
+    input_weight: float = field(
+        default=0.1, metadata={"doc": "Price of a prompt token as a fraction of an output token."}
+    )
+    prices: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "doc": 'Overrides per model ref/name/base: {"input": $/1M tokens, "output": $/1M}.'
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.flush_interval_s <= 1.0:
+            raise ValueError("gateway.accounting.flush_interval_s must be in (0, 1]")
+        if self.batch_size < 1:
+            raise ValueError("gateway.accounting.batch_size must be >= 1")
+        for name in ("usd_per_gpu_hour", "throughput_tok_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"gateway.accounting.{name} must be a positive number")
+        if not 0 <= self.input_weight <= 1:
+            raise ValueError("gateway.accounting.input_weight must be in [0, 1]")
+        self.price_overrides()  # validates the shape of `prices`
+
+    @property
+    def default_price(self) -> Price:
+        """The derived price (see the module docstring for the formula)."""
+        per_output_token = self.usd_per_gpu_hour / (3600.0 * self.throughput_tok_s)
+        return Price(
+            input=per_output_token * self.input_weight * 1e6, output=per_output_token * 1e6
+        )
+
+    def price_overrides(self) -> dict[str, Price]:
+        out: dict[str, Price] = {}
+        for key, value in self.prices.items():
+            if not isinstance(value, dict) or set(value) - {"input", "output"}:
+                raise ValueError(
+                    f"gateway.accounting.prices[{key!r}] must be a mapping with keys "
+                    f"'input' and 'output' (USD per 1M tokens), got {value!r}"
+                )
+            try:
+                price = Price(float(value.get("input", 0.0)), float(value.get("output", 0.0)))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"gateway.accounting.prices[{key!r}]: prices must be numbers"
+                ) from None
+            if price.input < 0 or price.output < 0:
+                raise ValueError(f"gateway.accounting.prices[{key!r}]: prices must be >= 0")
+            out[str(key)] = price
+        return out
+
+
+@dataclass
+class GatewayConfig:
+    """The OpenAI-compatible server (`gateway.*`)."""
+
+    host: str = field(default="127.0.0.1", metadata={"doc": "Address `tunegate serve` binds."})
+    port: int = field(default=8000, metadata={"doc": "Port `tunegate serve` listens on."})
+    store_poll_s: float = field(
+        default=0.2,
+        metadata={"doc": "How often the store's change counter is read (publish -> served)."},
+    )
+    max_pending: int = field(
+        default=256,
+        metadata={"doc": "Requests admitted at once; beyond that 503 with Retry-After."},
+    )
+    drain_timeout_s: float = field(
+        default=30.0,
+        metadata={"doc": "On SIGTERM, how long in-flight requests may finish before abort."},
+    )
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"gateway.port must be in 1..65535, got {self.port}")
+        if not 0 < self.store_poll_s <= 1.0:
+            raise ValueError("gateway.store_poll_s must be in (0, 1] (publishes show within 1 s)")
+        if self.max_pending < 1:
+            raise ValueError("gateway.max_pending must be >= 1")
+        if self.drain_timeout_s < 0:
+            raise ValueError("gateway.drain_timeout_s must be >= 0")

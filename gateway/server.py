@@ -1,0 +1,42 @@
+"""Run the gateway under uvicorn until SIGINT/SIGTERM, then drain and flush."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunegate.config import Settings
+
+__all__ = ["serve"]
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Blocks until the server stops. uvicorn turns SIGTERM into a graceful shutdown: it
+    stops accepting, waits for open requests (up to drain_timeout_s), then runs the app's
+    shutdown, which stops the engines and flushes accounting."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    config = settings.gateway
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host or config.host,
+            port=port or config.port,
+            log_level="info",
+            # Streams are answered by our own generator; keep uvicorn's per-connection
+            # work minimal.
+            access_log=False,
+            timeout_graceful_shutdown=int(config.drain_timeout_s) + 1,
+            lifespan="on",
+        )
+    )
+    server.run()
+    if server.started is False:
+        raise RuntimeError("the gateway failed to start (see the log above)")

@@ -1,0 +1,542 @@
+"""What chat and text completions share: admission, routing, the context check, the
+request's lifecycle (accounting record, metrics, span) and the two ways of answering (one
+JSON body, or an SSE stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from gateway.accounting import BatchWriter, PriceBook, Status, UsageRecord, UsageSink
+from gateway.config import GatewayConfig
+from gateway.engine import (
+    Delta,
+    Engine,
+    EngineRequestError,
+    GenerationParams,
+    InvalidPromptError,
+    PromptTooLongError,
+)
+from gateway.errors import (
+    APIError,
+    BadRequestError,
+    ContextLengthError,
+    OverloadedError,
+    ServerError,
+)
+from gateway.protocol import CompletionUsage, PromptTokensDetails
+from gateway.routing import ModelRouter, Target
+from gateway.telemetry import ARTIFACT, RequestMetrics, Telemetry
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = [
+    "ARTIFACT_HEADER",
+    "REQUEST_ID_HEADER",
+    "Admission",
+    "ChunkFormat",
+    "ClientDisconnectedError",
+    "GenerationServing",
+    "Services",
+    "Tracker",
+    "sse",
+    "until_disconnect",
+]
+
+log = logging.getLogger("tunegate.gateway")
+
+REQUEST_ID_HEADER = "x-request-id"
+ARTIFACT_HEADER = "x-tunegate-artifact"
+_SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+T = TypeVar("T")
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before the answer was complete."""
+
+
+class Admission:
+    """Bounded admission: at most `limit` generation requests in the gateway at once.
+
+    Past the bound a request is refused at once (503 + Retry-After) instead of queueing
+    without limit; while draining for shutdown every new request is refused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        if self.draining:
+            raise OverloadedError("the server is shutting down; retry on another instance")
+        if self.in_flight >= self.limit:
+            raise OverloadedError(
+                f"the server has {self.in_flight} requests in flight (limit {self.limit}); "
+                "retry shortly"
+            )
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait for the admitted ones; False on timeout."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per app."""
+
+    config: GatewayConfig
+    router: ModelRouter
+    telemetry: Telemetry
+    sink: UsageSink
+    writer: BatchWriter
+    prices: PriceBook
+    admission: Admission
+
+
+class Tracker:
+    """One request's measurements; `finish` reports them (record, metrics, span) once."""
+
+    def __init__(
+        self,
+        services: Services,
+        operation: str,
+        requested_model: str,
+        request: Request[Any, Any, Any],
+    ) -> None:
+        self.services = services
+        self.operation = operation
+        self.requested_model = requested_model
+        prefix = "chatcmpl" if operation == "chat" else "cmpl"
+        self.request_id = f"{prefix}-{uuid.uuid4().hex}"
+        self.arrival = time.time()
+        self._t0 = time.perf_counter()
+        self.key_id = _key_id(request)
+        self.target: Target | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.queue_ms: float | None = None
+        self.ttft_s: float | None = None
+        self.finish_reason: str | None = None
+        self.span: Span = services.telemetry.start_span(
+            operation, requested_model, dict(request.headers)
+        )
+        self._finished = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {REQUEST_ID_HEADER: self.request_id}
+        if self.target is not None:
+            headers[ARTIFACT_HEADER] = self.target.artifact
+        return headers
+
+    def usage(self) -> CompletionUsage:
+        return CompletionUsage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+        )
+
+    def observe(self, delta: Delta) -> None:
+        """Fold one engine step into the measurements."""
+        if self.ttft_s is None and delta.num_tokens:
+            self.ttft_s = time.perf_counter() - self._t0
+        self.completion_tokens += delta.num_tokens
+        if delta.prompt_tokens is not None:
+            self.prompt_tokens = delta.prompt_tokens
+        if delta.cached_tokens is not None:
+            self.cached_tokens = delta.cached_tokens
+        if delta.queue_ms is not None:
+            self.queue_ms = delta.queue_ms
+        if delta.finished:
+            self.finish_reason = delta.finish_reason
+
+    def finish(self, status: Status, http_status: int, error: BaseException | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        e2e_s = time.perf_counter() - self._t0
+        artifact = self.target.artifact if self.target is not None else None
+        base = self.target.engine.model_id if self.target is not None else None
+        # Billed: work the engine did for the client, including a stream the client
+        # abandoned; not refusals (no engine work) nor our own failures.
+        cost = (
+            self.services.prices.cost(artifact, base, self.prompt_tokens, self.completion_tokens)
+            if status in ("ok", "aborted")
+            else 0.0
+        )
+        try:
+            self.services.writer.submit(
+                UsageRecord(
+                    request_id=self.request_id,
+                    created_at=self.arrival,
+                    key_id=self.key_id,
+                    operation=self.operation,
+                    requested_model=self.requested_model,
+                    artifact=artifact,
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=self.completion_tokens,
+                    cached_tokens=self.cached_tokens,
+                    queue_ms=self.queue_ms,
+                    ttft_ms=self.ttft_s * 1000.0 if self.ttft_s is not None else None,
+                    e2e_ms=e2e_s * 1000.0,
+                    status=status,
+                    http_status=http_status,
+                    finish_reason=self.finish_reason,
+                    cost_usd=cost,
+                )
+            )
+        except Exception:
+            log.exception("accounting: could not queue record %s", self.request_id)
+        error_type = None
+        if status != "ok":
+            error_type = type(error).__name__ if error is not None else status
+        self.services.telemetry.record(
+            RequestMetrics(
+                operation=self.operation,
+                requested_model=self.requested_model,
+                response_model=artifact,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                duration_s=e2e_s,
+                ttft_s=self.ttft_s,
+                error_type=error_type,
+            )
+        )
+        self._end_span(artifact, error_type)
+
+    def _end_span(self, artifact: str | None, error_type: str | None) -> None:
+        span = self.span
+        if span.is_recording():
+            from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ga
+            from opentelemetry.trace import StatusCode
+
+            span.set_attribute(ga.GEN_AI_RESPONSE_ID, self.request_id)
+            if artifact is not None:
+                span.set_attribute(ga.GEN_AI_RESPONSE_MODEL, artifact)
+                span.set_attribute(ARTIFACT, artifact)
+            span.set_attribute(ga.GEN_AI_USAGE_INPUT_TOKENS, self.prompt_tokens)
+            span.set_attribute(ga.GEN_AI_USAGE_OUTPUT_TOKENS, self.completion_tokens)
+            if self.finish_reason:
+                span.set_attribute(ga.GEN_AI_RESPONSE_FINISH_REASONS, [self.finish_reason])
+            if error_type is not None:
+                span.set_attribute("error.type", error_type)
+                span.set_status(StatusCode.ERROR, error_type)
+        span.end()
+
+
+def _key_id(request: Request[Any, Any, Any]) -> str | None:
+    # An auth layer, when keys are configured, puts the key's id in the scope state.
+    value = request.scope.get("state", {}).get("key_id")
+    return value if isinstance(value, str) and _SAFE_KEY_ID.match(value) else None
+
+
+async def _wait_for_disconnect(request: Request[Any, Any, Any]) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so aborting its engine request) if the client leaves."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientDisconnectedError
+
+
+def engine_error(exc: Exception, request_id: str) -> APIError:
+    """The client-facing error for a failure during generation; internals are only logged."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineRequestError):
+        return BadRequestError(str(exc))
+    log.error("request %s failed in the engine", request_id, exc_info=exc)
+    return ServerError(f"the engine failed to generate (request {request_id}); it was logged")
+
+
+@dataclass
+class _Prepared:
+    """A request that passed every check and is ready for the engine."""
+
+    target: Target
+    prompt: list[int]
+    params: GenerationParams
+
+
+class GenerationServing:
+    """The request flow both generation endpoints share; subclasses render and format."""
+
+    operation = "chat"
+    prompt_param = "messages"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    async def render(self, body: Any, target: Target) -> list[int]:
+        raise NotImplementedError
+
+    def response_body(self, tracker: Tracker, text: str, created: int) -> bytes:
+        raise NotImplementedError
+
+    def stream_chunks(self, tracker: Tracker, created: int) -> ChunkFormat:
+        raise NotImplementedError
+
+    def requested_max_tokens(self, body: Any) -> int | None:
+        return body.max_tokens  # type: ignore[no-any-return]
+
+    def max_tokens_param(self, body: Any) -> str:
+        return "max_tokens"
+
+    # ------------------------------------------------------------------ the flow
+
+    async def serve(self, body: Any, request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+        services = self.services
+        tracker = Tracker(services, self.operation, body.model, request)
+        try:
+            services.admission.enter()
+        except APIError as exc:
+            tracker.finish("rejected", exc.status_code, exc)
+            exc.headers.update(tracker.headers)
+            raise
+        engine: Engine | None = None
+        try:
+            prepared = await self._prepare(body, tracker)
+            engine = prepared.target.engine
+            engine.leases += 1
+        except BaseException as exc:
+            services.admission.leave()
+            api_error = exc if isinstance(exc, APIError) else None
+            tracker.finish(
+                "rejected" if api_error else "error",
+                api_error.status_code if api_error else 500,
+                exc,
+            )
+            if api_error is not None:
+                api_error.headers.update(tracker.headers)
+            raise
+        deltas = engine.generate(
+            prepared.prompt, prepared.params, tracker.request_id, prepared.target.adapter
+        )
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = self._stream(tracker, deltas, include_usage, engine)
+            # Start the generator now (its first event needs no engine step): a started
+            # generator runs its `finally` even if the client leaves before litestar
+            # iterates it, so the admission slot and the record are never lost.
+            first = await events.__anext__()
+            return Stream(
+                _prepend(first, events),
+                media_type="text/event-stream",
+                headers={**tracker.headers, "Cache-Control": "no-cache"},
+            )
+        try:
+            text = await until_disconnect(request, self._collect(tracker, deltas))
+        except ClientDisconnectedError as exc:
+            tracker.finish("aborted", 499, exc)
+            raise
+        except Exception as exc:
+            api_error = engine_error(exc, tracker.request_id)
+            status: Status = "rejected" if api_error.status_code < 500 else "error"
+            tracker.finish(status, api_error.status_code, exc)
+            api_error.headers.update(tracker.headers)
+            raise api_error from None
+        except BaseException as exc:
+            tracker.finish("error", 500, exc)
+            raise
+        finally:
+            self._release(engine)
+        content = self.response_body(tracker, text, int(tracker.arrival))
+        tracker.finish("ok", 200)
+        return Response(content=content, media_type="application/json", headers=tracker.headers)
+
+    async def _prepare(self, body: Any, tracker: Tracker) -> _Prepared:
+        if body.stream_options is not None and not body.stream:
+            raise BadRequestError(
+                "stream_options is only allowed when stream is true", param="stream_options"
+            )
+        target = await self.services.router.resolve(body.model)
+        tracker.target = target
+        try:
+            prompt = await self.render(body, target)
+        except PromptTooLongError as exc:
+            raise ContextLengthError(str(exc), param=self.prompt_param) from None
+        except InvalidPromptError as exc:
+            raise BadRequestError(str(exc), param=self.prompt_param) from None
+        tracker.prompt_tokens = len(prompt)
+        params = GenerationParams(
+            max_tokens=self._max_tokens(body, target.engine, len(prompt)),
+            stream=bool(body.stream),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            seed=body.seed,
+            stop=tuple(body.stop_list),
+        )
+        return _Prepared(target=target, prompt=prompt, params=params)
+
+    def _max_tokens(self, body: Any, engine: Engine, prompt_len: int) -> int:
+        """The completion budget; a request that cannot fit the context is refused here,
+        before the engine, with OpenAI's context_length_exceeded error."""
+        limit = engine.max_model_len
+        requested = self.requested_max_tokens(body)
+        if requested is not None:
+            if prompt_len + requested > limit:
+                raise ContextLengthError(
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {prompt_len + requested} tokens ({prompt_len} in the "
+                    f"{self.prompt_param}, {requested} in the completion). Please reduce the "
+                    f"length of the {self.prompt_param} or completion.",
+                    param=self.max_tokens_param(body),
+                )
+            return requested
+        room = limit - prompt_len
+        if room < 1:
+            raise ContextLengthError(
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"{self.prompt_param} resulted in {prompt_len} tokens, which leaves no room "
+                f"for a completion. Please reduce the length of the {self.prompt_param}.",
+                param=self.prompt_param,
+            )
+        default = engine.default_max_tokens
+        return min(room, default) if default is not None else room
+
+    def _release(self, engine: Engine) -> None:
+        engine.leases -= 1
+        self.services.admission.leave()
+
+    async def _collect(self, tracker: Tracker, deltas: AsyncIterator[Delta]) -> str:
+        text: list[str] = []
+        async for delta in deltas:
+            tracker.observe(delta)
+            text.append(delta.text)
+        return "".join(text)
+
+    async def _stream(
+        self,
+        tracker: Tracker,
+        deltas: AsyncIterator[Delta],
+        include_usage: bool,
+        engine: Engine,
+    ) -> AsyncIterator[bytes]:
+        fmt = self.stream_chunks(tracker, int(tracker.arrival))
+        status: Status = "error"
+        http_status = 200
+        error: BaseException | None = None
+        try:
+            yield fmt.first()
+            async for delta in deltas:
+                tracker.observe(delta)
+                if delta.text:
+                    yield fmt.delta(delta.text)
+                if delta.finished:
+                    yield fmt.finish(delta.finish_reason)
+            if include_usage:
+                yield fmt.usage()
+            status = "ok"
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            # The client went away (litestar cancels the stream on disconnect); the
+            # engine request is aborted as the cancellation passes through `deltas`.
+            status, http_status, error = "aborted", 499, exc
+            raise
+        except Exception as exc:
+            api_error = engine_error(exc, tracker.request_id)
+            error, http_status = exc, api_error.status_code
+            status = "rejected" if http_status < 500 else "error"
+            # The headers are sent already: the error travels as an event (which the
+            # OpenAI client raises as an APIError), and [DONE] still closes the stream.
+            yield sse(api_error.body().model_dump(mode="json"))
+        finally:
+            self._release(engine)
+            tracker.finish(status, http_status, error)
+        yield b"data: [DONE]\n\n"
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + _encoder.encode(payload) + b"\n\n"
+
+
+class ChunkFormat:
+    """Builds the SSE events of one stream (subclasses: chat / text)."""
+
+    def __init__(self, tracker: Tracker, created: int) -> None:
+        self.tracker = tracker
+        self.created = created
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        target = self.tracker.target
+        return {
+            "id": self.tracker.request_id,
+            "object": obj,
+            "created": self.created,
+            "model": target.artifact if target is not None else self.tracker.requested_model,
+        }
+
+    def first(self) -> bytes:
+        return b""
+
+    def delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def finish(self, reason: str | None) -> bytes:
+        raise NotImplementedError
+
+    def usage(self) -> bytes:
+        raise NotImplementedError
+
+    def usage_dict(self) -> dict[str, Any]:
+        return self.tracker.usage().model_dump()
