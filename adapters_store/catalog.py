@@ -27,6 +27,7 @@ unique across the catalog and never reused: use it as vLLM's `lora_int_id`.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from dataclasses import dataclass, field
@@ -331,7 +332,7 @@ class Store:
             rows = tx.list_versions(name)
         return [self._artifact(r) for r in rows]
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         """Every artifact name ever published (including ones whose versions were removed)."""
         with self._db.read() as tx:
             return tx.names()
@@ -373,7 +374,7 @@ class Store:
             tx.set_alias(r.name, r.alias, row.version, _now())
         return self.resolve(Reference(r.name, version=row.version))
 
-    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+    def alias_history(self, name: str, alias: str | None = None) -> builtins.list[AliasEvent]:
         """Every move of `name`'s aliases (or of one), oldest first."""
         check_name(name)
         if alias is not None:
@@ -423,10 +424,10 @@ class Store:
             tx.set_card(row.name, row.version, _merge(row.card, clean))
         return self.resolve(Reference(row.name, version=row.version))
 
-    def verify(self, ref: str | Reference | None = None) -> list[str]:
+    def verify(self, ref: str | Reference | None = None) -> builtins.list[str]:
         """Re-hash files; one line per file whose content changed or is missing."""
         versions = self.list() if ref is None else [self.resolve(ref)]
-        problems: list[str] = []
+        problems: builtins.list[str] = []
         for v in versions:
             if not v.path.is_dir():
                 problems.append(f"{v.ref}: folder {v.path} is missing")

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ArchSupport", "arch_support", "vllm_version"]
 
@@ -60,21 +61,22 @@ def arch_support(architecture: str, cache_dir: Path | None = None) -> ArchSuppor
 @lru_cache(maxsize=64)
 def _cached(architecture: str, version: str, cache_dir: str | None) -> ArchSupport:
     cache = Path(cache_dir) / f"vllm-{version}-lora-support.json" if cache_dir else None
-    known: dict[str, dict[str, object]] = {}
+    known: dict[str, dict[str, Any]] = {}
     if cache is not None and cache.is_file():
         try:
             known = json.loads(cache.read_text())
-        except (OSError, json.JSONDecodeError):
-            known = {}  # a damaged cache is only a cache: derive again
-    if architecture in known:
-        entry = known[architecture]
-        return ArchSupport(
-            architecture=architecture,
-            known=bool(entry["known"]),
-            supports_lora=bool(entry["supports_lora"]),
-            packed_modules={k: list(v) for k, v in dict(entry["packed_modules"]).items()},  # type: ignore[call-overload]
-            embedding_modules=tuple(entry["embedding_modules"]),  # type: ignore[call-overload]
-        )
+            entry = known[architecture]
+            return ArchSupport(
+                architecture=architecture,
+                known=bool(entry["known"]),
+                supports_lora=bool(entry["supports_lora"]),
+                packed_modules={k: list(v) for k, v in entry["packed_modules"].items()},
+                embedding_modules=tuple(entry["embedding_modules"]),
+            )
+        except (OSError, ValueError, LookupError, TypeError, AttributeError):
+            pass  # not cached yet, or a damaged cache: it is only a cache, derive again
+    if not isinstance(known, dict):
+        known = {}
     support = _derive(architecture)
     if cache is not None:
         known[architecture] = asdict(support)

@@ -496,3 +496,28 @@ def test_model_accepted_and_base_found_by_tokenizer(
     # A name holds one kind of artifact.
     with pytest.raises(PublishRefusedError, match="holds model artifacts"):
         store.publish(write_lora(tmp_path / "a", tiny_model), "student")
+
+
+def test_damaged_vllm_cache_is_derived_again(
+    store: Store, tmp_path: Path, tiny_model: BaseModel
+) -> None:
+    from adapters_store import vllm_support
+
+    store._arch(tiny_model.architecture)
+    (cache,) = store.root.glob("vllm-*-lora-support.json")
+    cache.write_text('{"LlamaForCausalLM": {"known": true}')  # cut short
+    vllm_support._cached.cache_clear()
+    assert store.publish(write_lora(tmp_path / "a", tiny_model), "telecom").version == 1
+    assert json.loads(cache.read_text())["LlamaForCausalLM"]["supports_lora"] is True
+
+
+def test_without_vllm_publish_fails_clearly(
+    store: Store, tmp_path: Path, tiny_model: BaseModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters_store import vllm_support
+
+    monkeypatch.setattr(vllm_support, "vllm_version", lambda: None)
+    generation = store.generation()
+    with pytest.raises(RuntimeError, match="vLLM is not installed"):
+        store.publish(write_lora(tmp_path / "a", tiny_model), "telecom")
+    assert_untouched(store, generation)
