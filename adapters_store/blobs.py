@@ -9,6 +9,7 @@ store under the catalog's write lock, which publishers hold from the move until 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -62,7 +63,9 @@ class BlobArea:
         self.tmp.mkdir(parents=True, exist_ok=True)
         with self._flock(fcntl.LOCK_SH):
             trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.tmp))
-            os.replace(dest, trash / "old")
+            # Another process's sweep may have removed it first: the outcome is the same.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(dest, trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
 
     def prune_empty(self) -> None:
