@@ -96,7 +96,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
 
 def _build_tiny(default_path: Path, dest: Path) -> None:
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(default_path)
     # head_dim 32: the smallest head size vLLM's CPU attention accepts.
@@ -116,6 +116,6 @@ def _build_tiny(default_path: Path, dest: Path) -> None:
     )
     config._name_or_path = TINY_BASE_ID
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
