@@ -73,7 +73,9 @@ def create_app(
         bases[base.id] = engine_factory(spec, config.engine)
     if store is None and use_store:
         store = _open_store(settings)
-    model_engines = ModelEngines(config.engine) if config.engine.serve_model_artifacts else None
+    model_engines = (
+        ModelEngines(config.engine, engine_factory) if config.engine.serve_model_artifacts else None
+    )
     router = ModelRouter(bases, store, poll_s=config.store_poll_s, model_engines=model_engines)
     sink = open_sink(accounting_path(settings))
     services = Services(

@@ -46,11 +46,11 @@ class EngineConfig:
     max_num_seqs: int = field(
         default=64, metadata={"doc": "Most sequences the engine batches in one step."}
     )
-    kv_cache_gib: float = field(
-        default=2.0,
+    kv_cache_gib: float | None = field(
+        default=None,
         metadata={
-            "doc": "KV-cache size in GiB (vLLM kv_cache_memory_bytes; on the CPU this is "
-            "what VLLM_CPU_KVCACHE_SPACE sets)."
+            "doc": "KV-cache size in GiB (vLLM kv_cache_memory_bytes, which is what "
+            "VLLM_CPU_KVCACHE_SPACE sets on the CPU); empty: that variable if set, else 2."
         },
     )
     enable_lora: bool = field(default=True, metadata={"doc": "Serve LoRA adapters."})
@@ -90,7 +90,7 @@ class EngineConfig:
                 f"gateway.engine.max_cpu_loras ({self.max_cpu_loras}) must be >= "
                 f"max_loras ({self.max_loras})"
             )
-        if not self.kv_cache_gib > 0:
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError("gateway.engine.kv_cache_gib must be > 0")
         if self.max_model_engines < 1:
             raise ValueError("gateway.engine.max_model_engines must be >= 1")

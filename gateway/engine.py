@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ _OPENAI_DEFAULTS: dict[str, float] = {
     "frequency_penalty": 0.0,
 }
 _MODEL_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+_CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 class InvalidPromptError(ValueError):
@@ -142,7 +144,7 @@ class Engine:
             "dtype": cfg.dtype,
             "max_model_len": cfg.max_model_len,
             "max_num_seqs": cfg.max_num_seqs,
-            "kv_cache_memory_bytes": int(cfg.kv_cache_gib * 2**30),
+            "kv_cache_memory_bytes": int(self.kv_cache_gib() * 2**30),
             "seed": cfg.seed,
             "enable_lora": self.spec.enable_lora,
         }
@@ -155,11 +157,22 @@ class Engine:
         args.update(cfg.extra_args)
         return args
 
+    def kv_cache_gib(self) -> float:
+        if self.config.kv_cache_gib is not None:
+            return self.config.kv_cache_gib
+        env = os.environ.get(_CPU_KV_ENV, "")
+        return float(env) if env else 2.0
+
     async def start(self) -> None:
         """Build the engine (tens of seconds) without blocking the event loop."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if self.config.kv_cache_gib is not None and os.environ.get(_CPU_KV_ENV):
+            # vLLM's CPU platform lets this variable override kv_cache_memory_bytes (in
+            # this process and the engine's, which inherit it); a configured size wins.
+            log.info("gateway.engine.kv_cache_gib is set: ignoring %s", _CPU_KV_ENV)
+            del os.environ[_CPU_KV_ENV]
         try:
             engine_args = AsyncEngineArgs(**self.engine_args())
         except TypeError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from typing import Any
 
 from litestar import Request, Response
@@ -16,7 +17,10 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from gateway.protocol import ErrorBody, ErrorResponse
 
+REQUEST_ID_HEADER = "x-request-id"
+
 __all__ = [
+    "REQUEST_ID_HEADER",
     "APIError",
     "BadRequestError",
     "ContextLengthError",
@@ -94,6 +98,9 @@ def error_body(
 def _response(
     status: int, body: ErrorResponse, headers: dict[str, str] | None = None
 ) -> Response[Any]:
+    headers = dict(headers or {})
+    # Errors raised before a handler ran (schema, routing) still get an id to quote.
+    headers.setdefault(REQUEST_ID_HEADER, f"req-{uuid.uuid4().hex}")
     return Response(
         content=body.model_dump(mode="json"),
         status_code=status,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.config import EngineConfig
@@ -27,8 +28,13 @@ log = logging.getLogger("tunegate.gateway")
 
 
 class ModelEngines:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        factory: Callable[[EngineSpec, EngineConfig], Engine] = Engine,
+    ) -> None:
         self.config = config
+        self.factory = factory
         self.max_engines = config.max_model_engines
         self._engines: dict[str, Engine] = {}
         self._starting: dict[str, asyncio.Task[Engine]] = {}
@@ -77,7 +83,7 @@ class ModelEngines:
 
     async def _start(self, version: ArtifactVersion) -> Engine:
         spec = EngineSpec(model_id=version.ref, path=version.path, enable_lora=False)
-        engine = Engine(spec, self.config)
+        engine = self.factory(spec, self.config)
         try:
             await engine.start()
         except Exception as exc:

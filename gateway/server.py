@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,6 +39,14 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             lifespan="on",
         )
     )
+    # uvicorn turns SIGTERM into a graceful shutdown, then re-raises the signal once it is
+    # done. With the default disposition that kills the process (exit -15) although the
+    # drain and flush succeeded; this handler makes that re-raise an orderly exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
-    if server.started is False:
+    if not server.started:
         raise RuntimeError("the gateway failed to start (see the log above)")
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

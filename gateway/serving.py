@@ -30,6 +30,7 @@ from gateway.engine import (
     PromptTooLongError,
 )
 from gateway.errors import (
+    REQUEST_ID_HEADER,
     APIError,
     BadRequestError,
     ContextLengthError,
@@ -58,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger("tunegate.gateway")
 
-REQUEST_ID_HEADER = "x-request-id"
 ARTIFACT_HEADER = "x-tunegate-artifact"
 _SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 T = TypeVar("T")

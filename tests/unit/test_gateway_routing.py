@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from litestar.testing import TestClient
 
 from adapters_store import BaseModel, BaseRegistry, Store
+from adapters_store.bases import MANIFEST
 from adapters_store.testing import write_lora
 from gateway.config import EngineConfig
 from gateway.engine import EngineSpec
@@ -212,3 +214,48 @@ def test_http_routes_adapters_and_applies_the_card_prompt(
 
     models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert models["support"]["parent"] == BASE and models["support"]["root"] == "support@1"
+
+
+def _publish_model(store: Store, tmp_path: Path, base: BaseModel, name: str) -> Any:
+    folder = tmp_path / f"model-{name}"
+    shutil.copytree(base.path, folder, ignore=shutil.ignore_patterns(MANIFEST))
+    return store.publish(folder, name, kind="model", base=base.id, card={"method": "distill"})
+
+
+def test_model_artifacts_get_their_own_engines_when_enabled(
+    home: Path, store: Store, tmp_path: Path, tiny_model: BaseModel
+) -> None:
+    _publish_model(store, tmp_path, tiny_model, "student")
+    _publish_model(store, tmp_path, tiny_model, "pupil")
+    settings = load_settings()
+    settings.default_base = BASE
+    user = [{"role": "user", "content": "hi"}]
+
+    app, engines = fake_app(settings, store=store)  # model artifacts off by default
+    with TestClient(app) as client:
+        off = client.post("/v1/chat/completions", json={"model": "student", "messages": user})
+        assert off.status_code == 404 and "serve_model_artifacts" in off.json()["error"]["message"]
+        assert "student" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+
+    settings.gateway.engine.serve_model_artifacts = True
+    settings.gateway.engine.max_model_engines = 1
+    app, engines = fake_app(settings, store=store)
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json={"model": "student", "messages": user})
+        assert reply.status_code == 200
+        assert reply.headers["x-tunegate-artifact"] == "student@1"
+        assert reply.json()["choices"][0]["message"]["content"].startswith("student@1")
+        assert set(engines) == {BASE, "student@1"} and engines["student@1"].calls
+        cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert (cards["student"]["kind"], cards["student"]["parent"]) == ("model", BASE)
+        # One model engine at most: an idle one makes room for the next...
+        assert client.post(
+            "/v1/chat/completions", json={"model": "pupil", "messages": user}
+        ).headers["x-tunegate-artifact"] == ("pupil@1")
+        assert not engines["student@1"].healthy  # shut down to make room
+        # ...but a busy one is not evicted: the request is told to come back.
+        engines["pupil@1"].leases += 1
+        busy = client.post("/v1/chat/completions", json={"model": "student", "messages": user})
+        engines["pupil@1"].leases -= 1
+        assert busy.status_code == 503 and busy.headers["retry-after"]
+        assert busy.json()["error"]["code"] == "overloaded"

@@ -1,0 +1,202 @@
+"""A real gateway for the integration tests: `tunegate serve` as a subprocess, started ONCE
+per session on the tiny model (a real vLLM engine, ~40-60 s to start on the CPU), with its
+own tunegate home and store holding adapters made by PEFT.
+
+Tests drive it through its public door (the `openai` client, httpx) and may publish into
+its store while it runs. At the end it gets SIGTERM and must drain, flush and exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters_store.bases import MANIFEST, BaseModel
+
+TINY = "tiny-random-llama"
+# Adapters published before the gateway starts (name -> card extras).
+ADAPTERS: dict[str, dict[str, Any]] = {
+    "alpha": {"method": "lora"},
+    "beta": {"method": "lora", "system_prompt": "You are Beta. Answer in one word."},
+}
+START_TIMEOUT_S = 600.0
+# (destination folder, seed) -> a PEFT adapter folder for the tiny base.
+AdapterMaker = Callable[..., Path]
+
+
+def make_peft_adapter(base: BaseModel, dest: Path, seed: int, r: int = 8) -> Path:
+    """A PEFT LoRA on every linear layer of `base`, with random non-zero lora_B so that it
+    really changes the output (PEFT initialises B to zero, which would change nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    peft_model.save_pretrained(dest)
+    return dest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningGateway:
+    url: str  # http://127.0.0.1:PORT
+    home: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+    base: BaseModel
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def store(self) -> Any:
+        """The gateway's store, opened from this process (publishing is safe concurrently)."""
+        from adapters_store import BaseRegistry, Store
+
+        return Store(self.home / "store", BaseRegistry(self.home / "models"))
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/health", timeout=10).json()  # type: ignore[no-any-return]
+
+    def wait_for_store_generation(self, generation: int, timeout_s: float = 30.0) -> None:
+        """Until the gateway's watcher has read `generation` (not a latency assertion)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            seen = self.health()["store_generation"]
+            if seen is not None and seen >= generation:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the gateway never saw store generation {generation}")
+
+    def running(self) -> int:
+        return int(self.health()["engines"][TINY]["running"])
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def make_adapter(tiny_model: BaseModel) -> AdapterMaker:
+    def make(dest: Path, seed: int, r: int = 8) -> Path:
+        return make_peft_adapter(tiny_model, dest, seed, r)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path, tiny_model: BaseModel
+) -> Iterator[RunningGateway]:
+    home = tmp_path_factory.mktemp("gateway-home")
+    (home / "models").mkdir()
+    for child in shared_models_dir.iterdir():
+        if (child / MANIFEST).is_file():
+            (home / "models" / child.name).symlink_to(child, target_is_directory=True)
+
+    from adapters_store import BaseRegistry, Store
+
+    store = Store(home / "store", BaseRegistry(home / "models"))
+    work = tmp_path_factory.mktemp("adapters")
+    for seed, (name, card) in enumerate(ADAPTERS.items(), start=1):
+        store.publish(make_peft_adapter(tiny_model, work / name, seed), name, card=card)
+    store.close()
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TUNEGATE_HOME": str(home),
+        "TUNEGATE_DEFAULT_BASE": TINY,
+        "TUNEGATE_GATEWAY_ENGINE_MAX_MODEL_LEN": "512",
+        "TUNEGATE_GATEWAY_ENGINE_MAX_NUM_SEQS": "16",
+        "TUNEGATE_GATEWAY_ENGINE_KV_CACHE_GIB": "1",
+        "TUNEGATE_GATEWAY_ENGINE_MAX_LORAS": "2",
+        "TUNEGATE_GATEWAY_ENGINE_MAX_CPU_LORAS": "4",
+        "TUNEGATE_GATEWAY_ENGINE_MAX_LORA_RANK": "16",
+        "TUNEGATE_GATEWAY_DRAIN_TIMEOUT_S": "20",
+    }
+    env.pop("TUNEGATE_CONFIG", None)
+    log = home / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tunegate", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its engine processes can be cleaned up as a group
+        )
+    running = RunningGateway(f"http://127.0.0.1:{port}", home, process, log, tiny_model)
+    try:
+        _wait_ready(running)
+        yield running
+    finally:
+        _stop(running)
+
+
+def _wait_ready(gw: RunningGateway) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if gw.process.poll() is not None:
+            raise RuntimeError(f"the gateway exited during start-up:\n{gw.log_tail()}")
+        try:
+            if httpx.get(gw.url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"the gateway was not ready after {START_TIMEOUT_S} s:\n{gw.log_tail()}")
+
+
+def _stop(gw: RunningGateway) -> None:
+    """SIGTERM: the gateway must drain, flush accounting and exit 0 on its own."""
+    if gw.process.poll() is None:
+        gw.process.send_signal(signal.SIGTERM)
+        try:
+            gw.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(gw.process.pid, signal.SIGKILL)
+            gw.process.wait()
+            raise AssertionError(f"the gateway ignored SIGTERM:\n{gw.log_tail()}") from None
+    # Anything its engine left behind goes with its process group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(gw.process.pid, signal.SIGKILL)
+    if gw.process.returncode != 0:
+        raise AssertionError(
+            f"the gateway exited with {gw.process.returncode} after SIGTERM:\n{gw.log_tail()}"
+        )
