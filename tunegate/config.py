@@ -22,6 +22,7 @@ import yaml
 
 from adapters_store.config import StoreConfig, default_home
 from gateway.config import GatewayConfig
+from tuner.config import TunerConfig
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -45,6 +46,7 @@ class Settings:
         metadata={"doc": "Registered base model used when a command names none."},
     )
     store: StoreConfig = field(default_factory=StoreConfig)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     # Where each value came from ("default", the config file's path, or "env:NAME"),
     # keyed by dotted name; printed by `tunegate config`.
