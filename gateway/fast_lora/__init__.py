@@ -1,0 +1,119 @@
+"""Fast LoRA on the CPU: grouped punica ops, installed as a vLLM general plugin.
+
+vLLM loads every `vllm.general_plugins` entry point in each of its processes (front end,
+engine core, workers) and calls it before the model is built. `register` then replaces
+the six punica ops that `vllm.lora.punica_wrapper.punica_cpu` imported from
+`vllm.lora.ops.torch_ops` with the grouped versions in `gateway.fast_lora.ops`, when:
+
+- the platform is the CPU (other platforms have their own kernels),
+- the installed vLLM is exactly `TESTED_VLLM_VERSION` (another one: a warning, vLLM's ops),
+- `TUNEGATE_GATEWAY_FAST_LORA` is not switched off. It is read from the environment because
+  the plugin runs inside vLLM's worker processes, which never see tunegate's config file.
+
+This module imports only the standard library: vLLM imports it in every process, and the
+rest of `gateway` (and torch, until `register` needs it) stays out of those processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+__all__ = [
+    "ENV_VAR",
+    "OP_NAMES",
+    "TESTED_VLLM_VERSION",
+    "enabled",
+    "is_active",
+    "register",
+]
+
+ENV_VAR = "TUNEGATE_GATEWAY_FAST_LORA"
+# The ops reproduce this release's torch_ops semantics, checked by the tests against it; a
+# different release may have changed the ops or how punica_cpu calls them.
+TESTED_VLLM_VERSION = "0.32.0"
+OP_NAMES = (
+    "bgmv_expand",
+    "bgmv_expand_slice",
+    "bgmv_shrink",
+    "sgmv_expand",
+    "sgmv_expand_slice",
+    "sgmv_shrink",
+)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+# Under the `vllm` logger so that vLLM's own logging set-up prints it in its worker
+# processes too, where nothing configures the root logger.
+logger = logging.getLogger("vllm.tunegate.fast_lora")
+
+
+def enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the switch allows the plugin: on unless `ENV_VAR` says off.
+
+    An unreadable value is an error rather than a guess, so a typo cannot silently change
+    which ops serve traffic.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(ENV_VAR)
+    if raw is None or raw.strip() == "":
+        return True
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{ENV_VAR}={raw!r} is not a boolean: use one of {', '.join(sorted(_TRUE | _FALSE))}"
+    )
+
+
+def is_active() -> bool:
+    """Whether this process's punica_cpu currently runs the grouped ops."""
+    import sys
+
+    punica_cpu = sys.modules.get("vllm.lora.punica_wrapper.punica_cpu")
+    if punica_cpu is None:
+        return False
+    return all(
+        getattr(getattr(punica_cpu, name), "__module__", "") == f"{__name__}.ops"
+        for name in OP_NAMES
+    )
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point; safe to call more than once per process."""
+    if not enabled():
+        logger.info("tunegate fast LoRA ops off (%s); vLLM's own punica ops are used.", ENV_VAR)
+        return
+    import vllm
+
+    if vllm.__version__ != TESTED_VLLM_VERSION:
+        logger.warning(
+            "tunegate fast LoRA ops were tested with vLLM %s, this is vLLM %s: "
+            "leaving vLLM's own punica ops in place.",
+            TESTED_VLLM_VERSION,
+            vllm.__version__,
+        )
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        logger.debug("tunegate fast LoRA ops are for the CPU platform only; not installed.")
+        return
+    if is_active():
+        return
+    # Patch the names punica_cpu looked up at import, the narrowest point: torch_ops itself
+    # (and anything else that imports it) keeps vLLM's originals.
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    from . import ops
+
+    for name in OP_NAMES:
+        setattr(punica_cpu, name, getattr(ops, name))
+    logger.info(
+        "tunegate fast LoRA ops active: %s grouped by adapter (set %s=0 to disable).",
+        ", ".join(OP_NAMES),
+        ENV_VAR,
+    )
