@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tuner.data import IGNORE_INDEX, encode_conversation, render_prompt
-from tuner.hardware import bf16_is_fast
+from tuner.hardware import resolve_precision
 from tuner.prefix import greedy_generate, pad_batch, prefix_forward
 
 __all__ = [
@@ -68,8 +68,10 @@ def choose_backend(name: str) -> str:
 class TransformersBackend:
     """Batched greedy decoding and teacher-forced scoring with transformers."""
 
-    def __init__(self, batch_size: int = 16) -> None:
+    def __init__(self, batch_size: int = 16, precision: str = "auto") -> None:
         self.batch_size = batch_size
+        # bf16 where it is native (what vLLM computes in); fp32 where bf16 is emulated.
+        self.precision = resolve_precision(precision)
         self._loaded: tuple[ModelSpec, Any, Any] | None = None
 
     def _model(self, spec: ModelSpec) -> tuple[Any, Any]:
@@ -80,7 +82,7 @@ class TransformersBackend:
 
         self._loaded = None
         tokenizer = AutoTokenizer.from_pretrained(spec.path)
-        dtype = torch.bfloat16 if bf16_is_fast() else torch.float32
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
         if spec.adapter is not None:
             from peft import PeftModel

@@ -92,6 +92,12 @@ class Recipe:
         default_factory=lambda: [ALL_LINEAR],
         metadata=_doc("modules to adapt: all-linear or names from " + ", ".join(LLAMA_LINEAR)),
     )
+    lora_layers: int = field(
+        default=0,
+        metadata=_doc(
+            "adapt only the top N decoder layers (0: all); backward then stops below them"
+        ),
+    )
     # Bookkeeping.
     logging_steps: int = field(default=5, metadata=_doc("log loss every N steps"))
     save_steps: int = field(default=50, metadata=_doc("checkpoint every N steps"))
@@ -132,6 +138,7 @@ class Recipe:
             "lora_targets",
             f"must be [{ALL_LINEAR}] or a subset of {list(LLAMA_LINEAR)}",
         )
+        check(0 <= self.lora_layers <= 1024, "lora_layers", "must be in 0..1024")
         check(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         check(self.save_steps >= 1, "save_steps", "must be >= 1")
         check(self.eval_limit >= 0, "eval_limit", "must be >= 0")

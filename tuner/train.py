@@ -244,7 +244,15 @@ def _load_model(recipe: Recipe, base: BaseModel, torch: Any) -> Any:
     # the adapter in fp32 either way.
     dtype = torch.bfloat16 if resolve_precision(recipe.precision) == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+    layers = int(model.config.num_hidden_layers)
+    if recipe.lora_layers > layers:
+        raise TrainingError(f"lora_layers={recipe.lora_layers}: {base.id} has {layers} layers")
+    # The top layers only: gradients never need to flow below the lowest adapted layer, which
+    # on a CPU cuts the backward pass roughly in proportion. vLLM serves such adapters (a
+    # module without LoRA weights simply runs plain).
+    top = list(range(layers - recipe.lora_layers, layers)) if recipe.lora_layers else None
     config = LoraConfig(
+        layers_to_transform=top,
         r=recipe.lora_rank,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
