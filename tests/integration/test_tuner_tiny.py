@@ -7,6 +7,7 @@ a vLLM-servable LoRA folder, a full model folder, run outputs, cards, resume.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_tiny_lora_end_to_end(home: Path, tiny_model: BaseModel) -> None:
     assert store.resolve("telecom@1").card["metrics"]["n"] == 4
 
 
-def test_tiny_full_end_to_end_and_resume(home: Path, tiny_model: BaseModel) -> None:
+def test_tiny_full_end_to_end(home: Path, tiny_model: BaseModel) -> None:
     recipe = load_recipe(RECIPES / "manufacturing-triage" / "full.yaml", [*FAST, "evaluate=false"])
     outcome = tune(recipe, home, TunerConfig(), echo=lambda _: None)
     model_dir = outcome.run.output_dir
@@ -102,15 +103,30 @@ def test_tiny_full_end_to_end_and_resume(home: Path, tiny_model: BaseModel) -> N
     version = Store(home / "store", BaseRegistry(home / "models")).resolve(outcome.reference)
     assert version.kind == "model" and version.card["method"] == "full"
 
-    # Resume: a longer run continues from the last checkpoint of the same run folder.
-    longer = load_recipe(
-        RECIPES / "manufacturing-triage" / "full.yaml",
-        [*FAST, "evaluate=false", "publish=false"],
-    )
+
+def test_resume_continues_from_the_last_checkpoint(home: Path, tiny_model: BaseModel) -> None:
     from tuner.train import train
 
+    overrides = [*FAST, "max_steps=4", "evaluate=false", "publish=false"]
+    recipe = load_recipe(RECIPES / "telecom-routing" / "lora.yaml", overrides)
+    first = train(recipe, home, echo=lambda _: None)
+    checkpoints = first.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    # Simulate a run killed after its step-2 checkpoint.
+    shutil.rmtree(checkpoints / "checkpoint-4")
+    shutil.rmtree(first.output_dir)
+    (first.run_dir / "metrics.jsonl").unlink()
+
+    resumed = train(recipe, home, resume=first.run_dir, echo=lambda _: None)
+    assert resumed.run_dir == first.run_dir
+    assert (resumed.output_dir / "adapter_model.safetensors").is_file()
+    steps = [json.loads(x)["step"] for x in _lines(first.run_dir / "metrics.jsonl")]
+    assert min(steps) > 2 and max(steps) == 4  # only steps 3-4 were trained again
+    assert json.loads((first.run_dir / "run.json").read_text())["steps"] == 4
+
+    other = load_recipe(RECIPES / "telecom-routing" / "lora.yaml", [*overrides, "lr=1e-4"])
     with pytest.raises(RuntimeError, match="another recipe"):
-        train(longer, home, resume=outcome.run.run_dir, echo=lambda _: None)
+        train(other, home, resume=first.run_dir, echo=lambda _: None)
 
 
 def test_training_refuses_invalid_data_before_loading_a_model(
