@@ -83,13 +83,12 @@ class TransformersBackend:
         self._loaded = None
         tokenizer = AutoTokenizer.from_pretrained(spec.path)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
         if spec.adapter is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, spec.adapter)
             # Merged weights are what the served model computes, and decode runs faster.
-            model = model.merge_and_unload()
+            model = PeftModel.from_pretrained(model, spec.adapter).merge_and_unload()
         model.eval()
         self._loaded = (spec, model, tokenizer)
         return model, tokenizer
