@@ -124,7 +124,12 @@ class AccountingConfig:
     )
     batch_size: int = field(default=256, metadata={"doc": "Records written per transaction."})
     usd_per_gpu_hour: float = field(
-        default=2.0, metadata={"doc": "Hourly price of the machine that runs the engine."}
+        default=2.0,
+        metadata={
+            "doc": "Hourly price of the machine that runs the engine. Default prices: an "
+            "output token costs usd_per_gpu_hour / (3600 * throughput_tok_s), a prompt "
+            "token input_weight times that."
+        },
     )
     throughput_tok_s: float = field(
         default=176.0,
@@ -201,6 +206,14 @@ class GatewayConfig:
     drain_timeout_s: float = field(
         default=30.0,
         metadata={"doc": "On SIGTERM, how long in-flight requests may finish before abort."},
+    )
+    fast_lora: bool = field(
+        default=True,
+        metadata={
+            "doc": "Grouped CPU LoRA ops (gateway/fast_lora, docs/fast-lora.md). vLLM's "
+            "processes read it from TUNEGATE_GATEWAY_FAST_LORA, so a config-file value must "
+            "be exported there before the engine starts."
+        },
     )
     engine: EngineConfig = field(default_factory=EngineConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)

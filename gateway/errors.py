@@ -154,7 +154,7 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     )
 
 
-exception_handlers: dict[type[Exception], Any] = {
+exception_handlers: dict[int | type[Exception], Any] = {
     APIError: _on_api_error,
     ValidationException: _on_validation,
     HTTPException: _on_http,

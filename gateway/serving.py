@@ -146,9 +146,7 @@ class Tracker:
         self.queue_ms: float | None = None
         self.ttft_s: float | None = None
         self.finish_reason: str | None = None
-        self.span: Span = services.telemetry.start_span(
-            operation, requested_model, dict(request.headers)
-        )
+        self.span: Span = services.telemetry.start_span(operation, requested_model, request.headers)
         self._finished = False
 
     @property

@@ -151,6 +151,8 @@ class Telemetry:
         self, operation: str, requested_model: str, headers: Mapping[str, str]
     ) -> trace.Span:
         """A server span for one request, child of the caller's `traceparent` if any."""
+        if self.tracer_provider is None:
+            return trace.INVALID_SPAN  # nothing exports spans: skip building one
         return self.tracer.start_span(
             f"{operation} {requested_model}",
             kind=SpanKind.SERVER,
