@@ -71,10 +71,13 @@ def headline(results: dict[str, Any]) -> list[str]:
     base_name = (results.get("hosted") or {}).get("priced_from")
     base = results["strategies"].get(base_name, {}).get("summary") if base_name else None
     for row in cost_table(results):
+        tokens = row["prompt_tokens"] or row["cl100k_prompt_tokens"]
+        latency = row["p50_e2e_ms"]
         line = (
-            f"{row['strategy']:<28} accuracy {_fmt(row['accuracy'], 1, pct=True):>6}  "
+            f"{row['strategy']:<24} accuracy {_fmt(row['accuracy'], 1, pct=True):>6}  "
+            f"prompt {_fmt(tokens, 0):>5} tok/req  "
             f"${_fmt(row['usd_per_1k'], 4)} per 1k requests  "
-            f"p50 {_fmt(row['p50_e2e_ms'], 0)} ms"
+            f"p50 {'n/a' if latency is None else f'{latency:,.0f} ms'}"
         )
         if (
             base

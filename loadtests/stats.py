@@ -18,7 +18,8 @@ PERCENTILES = (50, 90, 99)
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
     """p50/p90/p99 (linear interpolation, as numpy and vLLM's benchmarks compute them)."""
     if not values:
-        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
+        empty: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES}
+        return empty | {"mean": None}
     arr = np.asarray(values, dtype=float)
     out: dict[str, float | None] = {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
     out["mean"] = float(arr.mean())

@@ -87,9 +87,3 @@ def test_unknown_base_is_one_clear_line(home: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.strip().startswith("tunegate model: error: unknown base model")
     assert "Traceback" not in out.stderr
-
-
-def test_demo_is_not_yet_and_says_so(home: Path) -> None:
-    out = tunegate("demo")
-    assert out.returncode != 0
-    assert "not yet" in out.stderr
