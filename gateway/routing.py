@@ -118,14 +118,22 @@ class ModelRouter:
         return True
 
     async def watch(self) -> None:
-        """Poll the store until cancelled; errors are logged and retried, never fatal."""
+        """Poll the store until cancelled; errors are retried, never fatal, and logged when
+        they start and stop (not five times a second)."""
+        failing: str | None = None
         while True:
             try:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reading the store's generation failed; retrying")
+            except Exception as exc:
+                if repr(exc) != failing:
+                    log.exception("reading the store's generation failed; retrying")
+                    failing = repr(exc)
+            else:
+                if failing is not None:
+                    log.info("reading the store works again")
+                    failing = None
             await asyncio.sleep(self.poll_s)
 
     def start_watching(self) -> None:
