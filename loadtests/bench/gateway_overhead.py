@@ -51,6 +51,7 @@ ENGINE: dict[str, int | str] = {
     "seed": 0,
     "kv_cache_gib": 2,
 }
+_LORA_KEYS = ("max_loras", "max_cpu_loras", "max_lora_rank")
 START_TIMEOUT_S = 900.0
 
 _SUBJECTS = (
@@ -83,6 +84,10 @@ class Round:
     completion_tokens: int
     requests_per_s: float
     output_tok_per_s: float
+    # CPU time of the server's own process (HTTP, routing, rendering, detokenizing,
+    # accounting), not of its engine processes: on a shared machine this is the overhead
+    # figure that the other sessions' load does not blur.
+    frontend_cpu_s: float
     load_avg_1m: float
 
 
@@ -124,15 +129,18 @@ def _gateway_command(port: int) -> list[str]:
     return [sys.executable, "-m", "tunegate", "serve", "--port", str(port)]
 
 
-def _gateway_env(home: Path, base_id: str) -> dict[str, str]:
+def _gateway_env(home: Path, base_id: str, lora: bool) -> dict[str, str]:
     env = {**os.environ, "TUNEGATE_HOME": str(home), "TUNEGATE_DEFAULT_BASE": base_id}
     env.pop("TUNEGATE_CONFIG", None)
     for key, value in ENGINE.items():
         env[f"TUNEGATE_GATEWAY_ENGINE_{key.upper()}"] = str(value)
+    env["TUNEGATE_GATEWAY_ENGINE_ENABLE_LORA"] = str(lora).lower()
     return env
 
 
-def _vllm_command(port: int, model: Path, base_id: str, adapters: dict[str, Path]) -> list[str]:
+def _vllm_command(
+    port: int, model: Path, base_id: str, adapters: dict[str, Path], lora: bool
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -145,11 +153,14 @@ def _vllm_command(port: int, model: Path, base_id: str, adapters: dict[str, Path
         "127.0.0.1",
         "--port",
         str(port),
-        "--enable-lora",
     ]
+    if lora:
+        cmd.append("--enable-lora")
     if adapters:
         cmd += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     for key, value in ENGINE.items():
+        if key in _LORA_KEYS and not lora:
+            continue
         if key == "kv_cache_gib":
             cmd += ["--kv-cache-memory-bytes", str(int(value) * 2**30)]
         else:
@@ -184,7 +195,7 @@ def _serving(name: str, cmd: list[str], env: dict[str, str], port: int, log: Pat
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} not ready after {START_TIMEOUT_S} s; see {log}")
             time.sleep(1.0)
-        yield url
+        yield url, proc.pid
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -244,9 +255,17 @@ async def _round(
     return wall, errors, sum(tokens for _, tokens in results)
 
 
+def _cpu_s(pid: int) -> float:
+    import psutil  # a dependency of vLLM
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def _measure(
     server: str,
     url: str,
+    pid: int,
     models: list[str],
     args: argparse.Namespace,
     modes: list[str],
@@ -256,9 +275,11 @@ def _measure(
     out = []
     for mode in modes:
         for r in range(args.rounds):
+            cpu_before = _cpu_s(pid)
             wall, errors, tokens = asyncio.run(
                 _round(url, models, args.concurrency, args.max_tokens, stream=mode == "stream")
             )
+            cpu = _cpu_s(pid) - cpu_before
             result = Round(
                 server=server,
                 mode=mode,
@@ -269,12 +290,13 @@ def _measure(
                 completion_tokens=tokens,
                 requests_per_s=(args.concurrency - errors) / wall,
                 output_tok_per_s=tokens / wall,
+                frontend_cpu_s=cpu,
                 load_avg_1m=os.getloadavg()[0],
             )
             print(
                 f"  {server:8} {mode:6} round {r}: {result.requests_per_s:6.3f} req/s "
                 f"{result.output_tok_per_s:7.1f} tok/s  ({tokens} tokens, {errors} errors, "
-                f"{wall:.1f} s, load {result.load_avg_1m:.2f})",
+                f"{wall:.1f} s, server process {cpu:.1f} CPU-s, load {result.load_avg_1m:.2f})",
                 flush=True,
             )
             out.append(result)
@@ -294,6 +316,9 @@ def _summary(rounds: list[Round], modes: list[str]) -> dict[str, Any]:
                 "requests_per_s": statistics.median(r.requests_per_s for r in rs),
                 "output_tok_per_s": statistics.median(r.output_tok_per_s for r in rs),
                 "completion_tokens": statistics.median(r.completion_tokens for r in rs),
+                "frontend_cpu_ms_per_request": statistics.median(
+                    1000 * r.frontend_cpu_s / r.requests for r in rs
+                ),
                 "errors": sum(r.errors for r in rs),
                 "rounds": len(rs),
             }
@@ -312,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--adapters", type=int, default=4, help="adapters in the mix (0: the base model only)"
     )
+    parser.add_argument(
+        "--no-lora",
+        action="store_true",
+        help="both engines without LoRA (implies --adapters 0): the cost of enabling it",
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="requests per round")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server and mode")
@@ -322,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("gateway_overhead.json"))
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
+    lora = not args.no_lora
+    if not lora:
+        args.adapters = 0
     if not set(modes) <= {"json", "stream"} or not modes:
         parser.error("--modes takes json and/or stream")
 
@@ -341,12 +374,13 @@ def main(argv: list[str] | None = None) -> int:
             for server in order:
                 port = _free_port()
                 if server == "gateway":
-                    cmd, env = _gateway_command(port), _gateway_env(home, args.base)
+                    cmd, env = _gateway_command(port), _gateway_env(home, args.base, lora)
                 else:
-                    cmd, env = _vllm_command(port, model_path, args.base, adapters), _vllm_env()
+                    cmd = _vllm_command(port, model_path, args.base, adapters, lora)
+                    env = _vllm_env()
                 print(f"starting {server} ...", flush=True)
-                with _serving(server, cmd, env, port, log) as url:
-                    rounds += _measure(server, url, models, args, modes)
+                with _serving(server, cmd, env, port, log) as (url, pid):
+                    rounds += _measure(server, url, pid, models, args, modes)
         finally:
             fast_lora = "tunegate fast LoRA ops active" in log.read_text(errors="replace")
             with contextlib.suppress(OSError):
@@ -357,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "base": args.base,
         "adapters": args.adapters,
+        "lora_enabled": lora,
         "adapter_rank": ADAPTER_RANK,
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
@@ -377,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             f" | vLLM {v['requests_per_s']:.3f} req/s {v['output_tok_per_s']:.1f} tok/s"
             f" | ratio {s['ratio_requests_per_s']:.3f} (req/s) "
             f"{s['ratio_output_tok_per_s']:.3f} (tok/s)"
+            f" | server-process CPU per request: gateway {g['frontend_cpu_ms_per_request']:.1f}"
+            f" ms, vLLM {v['frontend_cpu_ms_per_request']:.1f} ms"
         )
     print(f"wrote {args.out}")
     return 0
