@@ -18,6 +18,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 
 from gateway.accounting import BatchWriter, PriceBook, open_sink
+from gateway.auth import Auth, auth_middleware
 from gateway.chat import ChatServing, create_chat_completion
 from gateway.completions import CompletionServing, create_completion
 from gateway.config import EngineConfig
@@ -30,6 +31,7 @@ from gateway.serving import Admission, Services
 from gateway.system import health, metrics
 from gateway.telemetry import Telemetry
 from gateway.usage import get_usage
+from gateway.watchdog import EngineWatchdog
 
 if TYPE_CHECKING:
     from adapters_store.catalog import Store
@@ -89,8 +91,10 @@ def create_app(
             batch_size=config.accounting.batch_size,
         ),
         prices=PriceBook(config.accounting),
-        admission=Admission(config.max_pending),
+        admission=Admission(config.max_pending, config.max_pending_tokens),
+        auth=Auth(config.auth, settings.home),
     )
+    watchdog = EngineWatchdog(bases, services.admission)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -103,9 +107,11 @@ def create_app(
                 except Exception:
                     log.exception("the store could not be read; adapters are unavailable")
                 router.start_watching()
+            watchdog.start()
             log.info("gateway ready: serving %s", ", ".join(bases))
             yield
         finally:
+            await watchdog.close()
             await _shutdown(services, bases, model_engines)
 
     app = Litestar(
@@ -119,6 +125,8 @@ def create_app(
             metrics,
         ],
         exception_handlers=exception_handlers,
+        middleware=[auth_middleware()],
+        request_max_body_size=config.max_body_bytes,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="tunegate gateway",
@@ -129,6 +137,7 @@ def create_app(
         debug=False,
     )
     app.state.services = services
+    app.state.watchdog = watchdog
     app.state.chat = ChatServing(services)
     app.state.completions = CompletionServing(services)
     return app

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.auth.config import AuthConfig
+
 __all__ = ["AccountingConfig", "EngineConfig", "GatewayConfig", "Price"]
 
 _DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -203,6 +205,20 @@ class GatewayConfig:
         default=256,
         metadata={"doc": "Requests admitted at once; beyond that 503 with Retry-After."},
     )
+    max_pending_tokens: int = field(
+        default=262144,
+        metadata={
+            "doc": "Tokens (prompt + max_tokens) of the admitted requests together; beyond "
+            "that 503 with Retry-After."
+        },
+    )
+    max_tokens_limit: int = field(
+        default=4096,
+        metadata={"doc": "Largest max_tokens a request may ask for (400 above it)."},
+    )
+    max_body_bytes: int = field(
+        default=4 * 2**20, metadata={"doc": "Largest request body (413 above it)."}
+    )
     drain_timeout_s: float = field(
         default=30.0,
         metadata={"doc": "On SIGTERM, how long in-flight requests may finish before abort."},
@@ -217,6 +233,7 @@ class GatewayConfig:
     )
     engine: EngineConfig = field(default_factory=EngineConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -225,5 +242,14 @@ class GatewayConfig:
             raise ValueError("gateway.store_poll_s must be in (0, 1] (publishes show within 1 s)")
         if self.max_pending < 1:
             raise ValueError("gateway.max_pending must be >= 1")
+        for name in ("max_tokens_limit", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gateway.{name} must be >= 1")
+        if self.max_pending_tokens < self.engine.max_model_len:
+            # Else a request that fits the context could never be admitted.
+            raise ValueError(
+                f"gateway.max_pending_tokens ({self.max_pending_tokens}) must be >= "
+                f"gateway.engine.max_model_len ({self.engine.max_model_len})"
+            )
         if self.drain_timeout_s < 0:
             raise ValueError("gateway.drain_timeout_s must be >= 0")

@@ -22,10 +22,15 @@ REQUEST_ID_HEADER = "x-request-id"
 __all__ = [
     "REQUEST_ID_HEADER",
     "APIError",
+    "AdapterLoadError",
+    "AuthenticationError",
     "BadRequestError",
     "ContextLengthError",
+    "EngineUnavailableError",
     "ModelNotFoundError",
     "OverloadedError",
+    "PermissionDeniedError",
+    "RateLimitError",
     "ServerError",
     "error_body",
     "exception_handlers",
@@ -85,8 +90,45 @@ class OverloadedError(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class EngineUnavailableError(OverloadedError):
+    """The engine died: nothing can be served until a supervisor restarts the gateway."""
+
+    code = "engine_unavailable"
+
+
+class AuthenticationError(APIError):
+    status_code = 401
+    type = "invalid_request_error"
+
+
+class PermissionDeniedError(APIError):
+    status_code = 403
+    type = "invalid_request_error"
+    code = "insufficient_permissions"
+
+
+class RateLimitError(APIError):
+    """Per-key requests or tokens per minute spent; headers carry Retry-After and the
+    x-ratelimit-* state."""
+
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.type = kind  # OpenAI's type names the spent limit: "requests" or "tokens"
+
+
 class ServerError(APIError):
     """Something failed on our side; the message never carries internals."""
+
+
+class AdapterLoadError(ServerError):
+    """The adapter's files on disk could not be loaded (corrupt or missing): only requests
+    naming it fail; the operator has to republish it."""
+
+    code = "adapter_load_failed"
 
 
 def error_body(

@@ -165,7 +165,7 @@ class ModelRouter:
         if engine is not None:
             return Target(engine=engine, artifact=model, kind="base")
         if self.store is None:
-            raise ModelNotFoundError(self._not_found(model))
+            raise ModelNotFoundError(self.not_found_message(model))
 
         from adapters_store.catalog import InvalidReferenceError, UnknownReferenceError
 
@@ -179,7 +179,7 @@ class ModelRouter:
                 code="invalid_model",
             ) from None
         except UnknownReferenceError:
-            raise ModelNotFoundError(self._not_found(model)) from None
+            raise ModelNotFoundError(self.not_found_message(model)) from None
         return await self._target_for(model, version)
 
     async def _target_for(self, model: str, version: ArtifactVersion) -> Target:
@@ -215,7 +215,7 @@ class ModelRouter:
             engine=engine, artifact=version.ref, kind="model", system_prompt=system_prompt
         )
 
-    def _not_found(self, model: str) -> str:
+    def not_found_message(self, model: str) -> str:
         return (
             f"The model {model!r} does not exist or is not served here; "
             "GET /v1/models lists what is."

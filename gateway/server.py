@@ -43,9 +43,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     # done. With the default disposition that kills the process (exit -15) although the
     # drain and flush succeeded; this handler makes that re-raise an orderly exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    # A dead engine cannot recover in this process: the watchdog stops the server, and
+    # the error below makes the exit status non-zero so that a supervisor restarts it.
+    watchdog = app.state.watchdog
+    watchdog.stop = lambda: setattr(server, "should_exit", True)
     server.run()
     if not server.started:
         raise RuntimeError("the gateway failed to start (see the log above)")
+    if watchdog.failure is not None:
+        raise RuntimeError(f"{watchdog.failure}; exiting so that a supervisor restarts it")
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

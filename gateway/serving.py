@@ -20,10 +20,13 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from gateway.accounting import BatchWriter, PriceBook, Status, UsageRecord, UsageSink
+from gateway.auth import ApiKey, Auth, caller, visible
 from gateway.config import GatewayConfig
 from gateway.engine import (
+    AdapterLoadFailedError,
     Delta,
     Engine,
+    EngineDiedError,
     EngineRequestError,
     GenerationParams,
     InvalidPromptError,
@@ -31,9 +34,12 @@ from gateway.engine import (
 )
 from gateway.errors import (
     REQUEST_ID_HEADER,
+    AdapterLoadError,
     APIError,
     BadRequestError,
     ContextLengthError,
+    EngineUnavailableError,
+    ModelNotFoundError,
     OverloadedError,
     ServerError,
 )
@@ -69,15 +75,18 @@ class ClientDisconnectedError(Exception):
 
 
 class Admission:
-    """Bounded admission: at most `limit` generation requests in the gateway at once.
+    """Bounded admission: at most `limit` generation requests, holding at most
+    `token_limit` tokens (prompt + completion budget), in the gateway at once.
 
-    Past the bound a request is refused at once (503 + Retry-After) instead of queueing
+    Past either bound a request is refused at once (503 + Retry-After) instead of queueing
     without limit; while draining for shutdown every new request is refused.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, token_limit: int | None = None) -> None:
         self.limit = limit
+        self.token_limit = token_limit
         self.in_flight = 0
+        self.pending_tokens = 0
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -93,8 +102,18 @@ class Admission:
         self.in_flight += 1
         self._idle.clear()
 
-    def leave(self) -> None:
+    def reserve(self, tokens: int) -> None:
+        """Hold `tokens` for an admitted request; `leave(tokens)` gives them back."""
+        if self.token_limit is not None and self.pending_tokens + tokens > self.token_limit:
+            raise OverloadedError(
+                f"the server holds {self.pending_tokens} tokens of admitted requests (limit "
+                f"{self.token_limit}); this one needs {tokens}; retry shortly"
+            )
+        self.pending_tokens += tokens
+
+    def leave(self, tokens: int = 0) -> None:
         self.in_flight -= 1
+        self.pending_tokens -= tokens
         if self.in_flight == 0:
             self._idle.set()
 
@@ -119,6 +138,7 @@ class Services:
     writer: BatchWriter
     prices: PriceBook
     admission: Admission
+    auth: Auth
 
 
 class Tracker:
@@ -139,6 +159,9 @@ class Tracker:
         self.arrival = time.time()
         self._t0 = time.perf_counter()
         self.key_id = _key_id(request)
+        self.key: ApiKey | None = caller(request)
+        self.extra_headers: dict[str, str] = {}  # rate-limit state of the caller's key
+        self.reserved_tokens = 0  # held in Admission until the request leaves
         self.target: Target | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -151,7 +174,7 @@ class Tracker:
 
     @property
     def headers(self) -> dict[str, str]:
-        headers = {REQUEST_ID_HEADER: self.request_id}
+        headers = {REQUEST_ID_HEADER: self.request_id, **self.extra_headers}
         if self.target is not None:
             headers[ARTIFACT_HEADER] = self.target.artifact
         return headers
@@ -290,6 +313,15 @@ def engine_error(exc: Exception, request_id: str) -> APIError:
         return exc
     if isinstance(exc, EngineRequestError):
         return BadRequestError(str(exc))
+    if isinstance(exc, AdapterLoadFailedError):
+        return AdapterLoadError(
+            f"model {exc} could not be loaded: its files on the server are damaged or "
+            f"unreadable (request {request_id}; it was logged). Other models are unaffected."
+        )
+    if isinstance(exc, EngineDiedError):
+        return EngineUnavailableError(
+            "the engine serving this model stopped; the gateway is restarting", retry_after_s=5
+        )
     log.error("request %s failed in the engine", request_id, exc_info=exc)
     return ServerError(f"the engine failed to generate (request {request_id}); it was logged")
 
@@ -335,6 +367,8 @@ class GenerationServing:
         services = self.services
         tracker = Tracker(services, self.operation, body.model, request)
         try:
+            if tracker.key is not None:
+                tracker.extra_headers.update(services.auth.limits.take_request(tracker.key))
             services.admission.enter()
         except APIError as exc:
             tracker.finish("rejected", exc.status_code, exc)
@@ -344,18 +378,23 @@ class GenerationServing:
         try:
             prepared = await self._prepare(body, tracker)
             engine = prepared.target.engine
+            self._admit_tokens(tracker, len(prepared.prompt) + prepared.params.max_tokens)
+            if prepared.target.adapter is not None:
+                await engine.load_adapter(prepared.target.adapter)
             engine.leases += 1
         except BaseException as exc:
-            services.admission.leave()
+            services.admission.leave(tracker.reserved_tokens)
+            if isinstance(exc, Exception):
+                exc = engine_error(exc, tracker.request_id)
             api_error = exc if isinstance(exc, APIError) else None
             tracker.finish(
-                "rejected" if api_error else "error",
+                "rejected" if api_error and api_error.status_code < 500 else "error",
                 api_error.status_code if api_error else 500,
                 exc,
             )
             if api_error is not None:
                 api_error.headers.update(tracker.headers)
-            raise
+            raise exc from None
         deltas = engine.generate(
             prepared.prompt, prepared.params, tracker.request_id, prepared.target.adapter
         )
@@ -386,7 +425,7 @@ class GenerationServing:
             tracker.finish("error", 500, exc)
             raise
         finally:
-            self._release(engine)
+            self._release(engine, tracker)
         content = self.response_body(tracker, text, int(tracker.arrival))
         tracker.finish("ok", 200)
         return Response(content=content, media_type="application/json", headers=tracker.headers)
@@ -396,8 +435,18 @@ class GenerationServing:
             raise BadRequestError(
                 "stream_options is only allowed when stream is true", param="stream_options"
             )
-        target = await self.services.router.resolve(body.model)
+        router = self.services.router
+        if not self._visible(tracker.key, body.model):
+            # Exactly the answer for a model that does not exist: nothing tells a key
+            # which adapters other tenants have.
+            raise ModelNotFoundError(router.not_found_message(body.model))
+        target = await router.resolve(body.model)
         tracker.target = target
+        if not target.engine.healthy:
+            raise EngineUnavailableError(
+                f"the engine serving {target.artifact} is not running; retry later",
+                retry_after_s=5,
+            )
         try:
             prompt = await self.render(body, target)
         except PromptTooLongError as exc:
@@ -417,11 +466,33 @@ class GenerationServing:
         )
         return _Prepared(target=target, prompt=prompt, params=params)
 
+    def _visible(self, key: ApiKey | None, model: str) -> bool:
+        if key is None or model in self.services.router.bases:
+            return True
+        return visible(key, model.partition("@")[0])
+
+    def _admit_tokens(self, tracker: Tracker, tokens: int) -> None:
+        """Hold the request's tokens in admission, then charge its key's tokens per
+        minute (in this order: a request refused for overload costs its key nothing)."""
+        services = self.services
+        services.admission.reserve(tokens)
+        tracker.reserved_tokens = tokens
+        if tracker.key is not None:
+            tracker.extra_headers.update(services.auth.limits.take_tokens(tracker.key, tokens))
+
     def _max_tokens(self, body: Any, engine: Engine, prompt_len: int) -> int:
         """The completion budget; a request that cannot fit the context is refused here,
         before the engine, with OpenAI's context_length_exceeded error."""
         limit = engine.max_model_len
+        cap = self.services.config.max_tokens_limit
         requested = self.requested_max_tokens(body)
+        if requested is not None and requested > cap:
+            raise BadRequestError(
+                f"max_tokens is too large: {requested}. This server allows at most {cap} "
+                "completion tokens per request.",
+                param=self.max_tokens_param(body),
+                code="invalid_value",
+            )
         if requested is not None:
             if prompt_len + requested > limit:
                 raise ContextLengthError(
@@ -441,11 +512,12 @@ class GenerationServing:
                 param=self.prompt_param,
             )
         default = engine.default_max_tokens
+        room = min(room, cap)
         return min(room, default) if default is not None else room
 
-    def _release(self, engine: Engine) -> None:
+    def _release(self, engine: Engine, tracker: Tracker) -> None:
         engine.leases -= 1
-        self.services.admission.leave()
+        self.services.admission.leave(tracker.reserved_tokens)
 
     async def _collect(self, tracker: Tracker, deltas: AsyncIterator[Delta]) -> str:
         text: list[str] = []
@@ -489,7 +561,7 @@ class GenerationServing:
             # OpenAI client raises as an APIError), and [DONE] still closes the stream.
             yield sse(api_error.body().model_dump(mode="json"))
         finally:
-            self._release(engine)
+            self._release(engine, tracker)
             tracker.finish(status, http_status, error)
         yield b"data: [DONE]\n\n"
 

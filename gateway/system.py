@@ -31,7 +31,14 @@ async def health(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if ready else 503)
 
 
-@get("/metrics", summary="Prometheus exposition", tags=["operations"], include_in_schema=True)
+# Per-adapter series name every tenant's adapters: with keys, only admin keys may read them.
+@get(
+    "/metrics",
+    summary="Prometheus exposition",
+    tags=["operations"],
+    include_in_schema=True,
+    opt={"admin": True},
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = request.app.state.services.telemetry.exposition()
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.config import EngineConfig
 from gateway.engine import (
     Adapter,
+    AdapterLoadFailedError,
     Delta,
     Engine,
     EngineSpec,
@@ -52,6 +53,7 @@ class GenerateCall:
 class _Knobs:
     step_s: float = 0.0  # pause between tokens (lets tests disconnect mid-generation)
     fail_after: int | None = None  # raise after this many tokens (a mid-stream failure)
+    broken_adapters: set[str] = field(default_factory=set)  # names whose load fails
 
 
 def _word_id(word: str) -> int:
@@ -86,6 +88,10 @@ class FakeEngine(Engine):
                 f"the prompt has {len(ids)}"
             )
         return ids
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        if adapter.name in self.knobs.broken_adapters:
+            raise AdapterLoadFailedError(adapter.name)
 
     async def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
         ids: list[int] = []

@@ -20,7 +20,18 @@ from tunegate.config import ConfigError, load_settings
 __all__ = ["CommandError", "main"]
 
 # Command groups, in the order `tunegate --help` lists them.
-_COMMANDS = ["model", "data", "tune", "eval", "store", "config", "serve", "loadtest", "demo"]
+_COMMANDS = [
+    "model",
+    "data",
+    "tune",
+    "eval",
+    "store",
+    "config",
+    "serve",
+    "keys",
+    "loadtest",
+    "demo",
+]
 
 
 class CommandError(Exception):

@@ -62,7 +62,13 @@ class UsageSink(Protocol):
     def write(self, records: Sequence[UsageRecord]) -> None: ...
 
     def totals(
-        self, group_by: GroupBy, since: float | None = None, until: float | None = None
-    ) -> list[UsageTotals]: ...
+        self,
+        group_by: GroupBy,
+        since: float | None = None,
+        until: float | None = None,
+        key_id: str | None = None,
+    ) -> list[UsageTotals]:
+        """Aggregates per group of the records in [since, until); only `key_id`'s if set."""
+        ...
 
     def close(self) -> None: ...

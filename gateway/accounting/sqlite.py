@@ -80,10 +80,14 @@ class SQLiteSink:
             self._conn.executemany(sql, [astuple(r) for r in records])
 
     def totals(
-        self, group_by: GroupBy, since: float | None = None, until: float | None = None
+        self,
+        group_by: GroupBy,
+        since: float | None = None,
+        until: float | None = None,
+        key_id: str | None = None,
     ) -> list[UsageTotals]:
         column = _GROUP_COLUMN[group_by]
-        where, args = self._window(since, until)
+        where, args = self._window(since, until, key_id)
         # A connection per query: readers never wait for the writer in WAL mode.
         conn = self._connect()
         try:
@@ -132,14 +136,20 @@ class SQLiteSink:
         return out
 
     @staticmethod
-    def _window(since: float | None, until: float | None) -> tuple[str, list[float]]:
-        clauses, args = [], []
+    def _window(
+        since: float | None, until: float | None, key_id: str | None = None
+    ) -> tuple[str, list[float | str]]:
+        clauses: list[str] = []
+        args: list[float | str] = []
         if since is not None:
             clauses.append("created_at >= ?")
             args.append(since)
         if until is not None:
             clauses.append("created_at < ?")
             args.append(until)
+        if key_id is not None:
+            clauses.append("key_id = ?")
+            args.append(key_id)
         return ("WHERE " + " AND ".join(clauses) if clauses else "", args)
 
     def close(self) -> None:

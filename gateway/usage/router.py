@@ -8,6 +8,7 @@ from litestar import Request, get
 from litestar.params import Parameter
 
 from gateway._responses import READ_ERRORS
+from gateway.auth import caller
 from gateway.protocol import UsageReport
 from gateway.usage.serving import usage_report
 
@@ -31,4 +32,7 @@ async def get_usage(
     until: str | None = Parameter(default=None, description="Only requests before this time"),
 ) -> UsageReport:
     services = request.app.state.services
-    return await usage_report(services.sink, services.writer, group_by, since, until)
+    key = caller(request)
+    # A tenant sees its own requests only (and so only its own adapters); admins see all.
+    only_key = key.name if key is not None and not key.admin else None
+    return await usage_report(services.sink, services.writer, group_by, since, until, only_key)

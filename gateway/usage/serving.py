@@ -42,6 +42,7 @@ async def usage_report(
     group_by: str,
     since: str | None,
     until: str | None,
+    key_id: str | None = None,
 ) -> UsageReport:
     if group_by not in _GROUPS:
         raise BadRequestError(
@@ -50,7 +51,13 @@ async def usage_report(
     start, end = parse_time(since, "since"), parse_time(until, "until")
     # Read-your-writes: records still queued for the writer are included.
     await asyncio.to_thread(writer.flush)
-    totals = await asyncio.to_thread(sink.totals, group_by, start, end)  # type: ignore[arg-type]
+    totals = await asyncio.to_thread(
+        sink.totals,
+        group_by,  # type: ignore[arg-type]
+        start,
+        end,
+        key_id,
+    )
     return UsageReport(
         group_by=group_by,  # type: ignore[arg-type]
         since=start,
