@@ -24,6 +24,7 @@ from gateway.completions import CompletionServing, create_completion
 from gateway.config import EngineConfig
 from gateway.engine import Engine, EngineSpec
 from gateway.errors import exception_handlers
+from gateway.finetune import FINETUNE_ROUTES, FinetuneAPI
 from gateway.model_engines import ModelEngines
 from gateway.models import list_models, retrieve_model
 from gateway.routing import ModelRouter
@@ -123,6 +124,7 @@ def create_app(
             get_usage,
             health,
             metrics,
+            *FINETUNE_ROUTES,
         ],
         exception_handlers=exception_handlers,
         middleware=[auth_middleware()],
@@ -140,6 +142,7 @@ def create_app(
     app.state.watchdog = watchdog
     app.state.chat = ChatServing(services)
     app.state.completions = CompletionServing(services)
+    app.state.finetune = FinetuneAPI(settings, list(bases))
     return app
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from finetune.names import FT_PREFIX, store_name_for
 from gateway.engine import Adapter, Engine
 from gateway.errors import BadRequestError, ModelNotFoundError
 
@@ -169,8 +170,15 @@ class ModelRouter:
 
         from adapters_store.catalog import InvalidReferenceError, UnknownReferenceError
 
+        # A fine-tuning job's `ft:<base>:<org>:<suffix>:<id>` is published as `ft-<id>`,
+        # whose card names the full `ft:` name (see finetune.names).
+        ref = model
+        if model.startswith(FT_PREFIX):
+            ref = store_name_for(model) or ""
+            if not ref:
+                raise ModelNotFoundError(self.not_found_message(model))
         try:
-            version = await asyncio.to_thread(self.store.resolve, model)
+            version = await asyncio.to_thread(self.store.resolve, ref)
         except InvalidReferenceError as exc:
             raise BadRequestError(
                 f"model {model!r} is neither a served base model nor a valid store "
@@ -180,6 +188,8 @@ class ModelRouter:
             ) from None
         except UnknownReferenceError:
             raise ModelNotFoundError(self.not_found_message(model)) from None
+        if ref != model and version.card.get("fine_tuned_model") != model:
+            raise ModelNotFoundError(self.not_found_message(model))
         return await self._target_for(model, version)
 
     async def _target_for(self, model: str, version: ArtifactVersion) -> Target:
@@ -252,6 +262,11 @@ class ModelRouter:
             out.append(self._card(v.ref, v))
             out.extend(self._card(f"{v.name}@{alias}", v) for alias in v.aliases)
         out.extend(self._card(name, v) for name, v in latest.items())
+        out.extend(
+            self._card(v.card["fine_tuned_model"], v)
+            for v in latest.values()
+            if isinstance(v.card.get("fine_tuned_model"), str)
+        )
         return out
 
     def _servable(self, v: ArtifactVersion) -> bool:

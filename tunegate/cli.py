@@ -28,6 +28,7 @@ _COMMANDS = [
     "store",
     "config",
     "serve",
+    "worker",
     "keys",
     "loadtest",
     "demo",

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from adapters_store.config import StoreConfig, default_home
+from finetune.config import FinetuneConfig
 from gateway.config import GatewayConfig
 from tuner.config import TunerConfig
 
@@ -48,6 +49,7 @@ class Settings:
     store: StoreConfig = field(default_factory=StoreConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # Where each value came from ("default", the config file's path, or "env:NAME"),
     # keyed by dotted name; printed by `tunegate config`.
     sources: dict[str, str] = field(default_factory=dict, metadata={"internal": True})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,8 +138,13 @@ def train(
     home: Path,
     resume: Path | None = None,
     echo: Printer = print,
+    callbacks: Sequence[Any] = (),
 ) -> RunResult:
-    """Train `recipe`; with `resume`, continue that run folder from its last checkpoint."""
+    """Train `recipe`; with `resume`, continue that run folder from its last checkpoint.
+
+    `callbacks` are extra transformers `TrainerCallback`s (the fine-tuning worker's events,
+    checkpoint rows and cancel between steps).
+    """
     import torch
 
     base = ensure_base(home / "models", recipe.base)
@@ -172,6 +177,8 @@ def train(
 
     model = _load_model(recipe, base, torch)
     trainer, counter = _build_trainer(recipe, model, tokenizer, train_set, valid_set, run_dir)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume is not None else None
     if resume is not None and checkpoint is None:
         echo(f"no checkpoint in {run_dir}: starting from the beginning")

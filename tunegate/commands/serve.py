@@ -33,5 +33,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = load_settings(args.serve_config)
     if args.port is not None and not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    serve(settings, host=args.host, port=args.port)
+    from finetune.supervisor import supervised_worker
+
+    # Fine-tuning jobs run in `tunegate worker`, a child process (finetune.serve_worker).
+    config_file = args.serve_config or args.config
+    with supervised_worker(settings.finetune.serve_worker, config_file):
+        serve(settings, host=args.host, port=args.port)
     return 0
