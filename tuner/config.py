@@ -31,6 +31,13 @@ class TunerConfig:
     few_shot_k: int = field(
         default=2, metadata={"doc": "Few-shot baseline of `tunegate eval`: examples per label."}
     )
+    threads: int = field(
+        default=0,
+        metadata={
+            "doc": "CPU threads for training and transformers eval; 0 = the cores that are idle "
+            "(by the 1-minute load average) when a run starts, at least 1."
+        },
+    )
     vllm_kv_cache_gib: float = field(
         default=2.0,
         metadata={"doc": "KV cache of eval's vLLM engine on the CPU (VLLM_CPU_KVCACHE_SPACE)."},
@@ -50,6 +57,8 @@ class TunerConfig:
             )
         if not 0 <= self.few_shot_k <= 32:
             raise ValueError(f"tuner.few_shot_k must be in 0..32, got {self.few_shot_k}")
+        if not 0 <= self.threads <= 4096:
+            raise ValueError(f"tuner.threads must be in 0..4096, got {self.threads}")
         if not 0 < self.vllm_kv_cache_gib <= 1024:
             raise ValueError(
                 f"tuner.vllm_kv_cache_gib must be in (0, 1024], got {self.vllm_kv_cache_gib}"

@@ -18,6 +18,7 @@ from adapters_store.bases import BaseRegistry
 from tuner.backends import Backend, ModelSpec, TransformersBackend, VllmBackend, choose_backend
 from tuner.config import TunerConfig
 from tuner.evaluate import EvalResult, evaluate, format_table, load_cases
+from tuner.hardware import configure_threads
 from tuner.recipe import Recipe
 from tuner.tasks import Task, get_task
 from tuner.train import RunResult, ensure_base, train
@@ -95,6 +96,7 @@ def tune(
     backend: str | None = None,
     echo: Printer = print,
 ) -> TuneOutcome:
+    configure_threads(config.threads, echo)
     run = train(recipe, home, resume=resume, echo=echo)
     evaluation = None
     if recipe.evaluate and run.data.test is not None:
@@ -155,6 +157,7 @@ def evaluate_reference(
     """Evaluate a published artifact on `data`; merge the results into its card."""
     store = _store(home, store_config)
     version = store.resolve(ref)
+    configure_threads(config.threads, echo)
     card = version.card or {}
     base = ensure_base(home / "models", version.base)
     task: Task | None = (

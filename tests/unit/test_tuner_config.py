@@ -32,8 +32,36 @@ def test_file_values_are_validated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"eval_batch_size": 0}, {"few_shot_k": 33}, {"vllm_kv_cache_gib": 0}],
+    [{"eval_batch_size": 0}, {"few_shot_k": 33}, {"vllm_kv_cache_gib": 0}, {"threads": -1}],
 )
 def test_out_of_range(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="tuner\\."):
         TunerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "threads"),
+    [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 9.0, 1), (16, 3.2, 13), (1, 0.0, 1)],
+)
+def test_auto_threads_takes_the_idle_cores(cores: int, load: float, threads: int) -> None:
+    from tuner.hardware import auto_threads
+
+    assert auto_threads(cores, load) == threads
+
+
+def test_configure_threads_sets_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tuner.hardware import configure_threads
+
+    before = torch.get_num_threads()
+    said: list[str] = []
+    try:
+        assert configure_threads(1, said.append) == 1
+        assert torch.get_num_threads() == 1
+        assert "1 CPU thread" in said[0]
+        monkeypatch.setattr("os.getloadavg", lambda: (50.0, 0.0, 0.0))
+        assert configure_threads(0, said.append) == 1
+        assert "load average 50.0" in said[1]
+    finally:
+        torch.set_num_threads(before)
