@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ log = logging.getLogger("tunegate.worker")
 
 MAX_ATTEMPTS = 2  # starts of one job (the first + one resume after a crash)
 _RESULTS_MAX_BYTES = 64 * 1024 * 1024
+_VALIDATE_EVERY_S = 5.0  # how often a running job pauses to validate newly created jobs
 
 
 class _Stopped(Exception):
@@ -111,8 +113,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Validate pending jobs, then run the oldest queued one; False when there was none."""
-        for pending in self.state.pending_validation():
-            self.validate(pending)
+        self.validate_pending()
         job = self.state.claim(self.id)
         if job is None:
             return False
@@ -156,6 +157,10 @@ class Worker:
         context = int(base.hf_config().get("max_position_embeddings") or 0)
         limit = self.settings.tuner.max_length
         return self._tokenizers[base_id], min(limit, context) if context else limit
+
+    def validate_pending(self) -> None:
+        for pending in self.state.pending_validation():
+            self.validate(pending)
 
     def validate(self, job: JobRow) -> bool:
         """`validating_files` -> `queued`, or `failed` with every line-level reason."""
@@ -286,6 +291,8 @@ class Worker:
             {
                 "fine_tuned_model": ft_name,
                 "fine_tuning_job": job.id,
+                # The key that created the job: an auth layer can let it use its own result.
+                "owner": job.owner,
                 "training_file": job.training_file,
                 "validation_file": job.validation_file,
                 "hyperparameters": job.hyperparameters,
@@ -349,12 +356,17 @@ def _progress_callback(worker: Worker, job: JobRow, ft_name: str) -> Any:
     class _Progress(TrainerCallback):  # type: ignore[misc]
         def __init__(self) -> None:
             self.last: dict[str, float] = {}
+            self.validated_at = time.monotonic()
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             # The run folder, so that a restarted worker resumes this run.
             jobs.set_columns(job.id, run_dir=str(Path(args.output_dir).parent))
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # Jobs created during a long run learn about a bad file without waiting for it.
+            if time.monotonic() - self.validated_at > _VALIDATE_EVERY_S:
+                worker.validate_pending()
+                self.validated_at = time.monotonic()
             if worker.stop_requested.is_set():
                 control.should_save = True  # resume from exactly here
                 control.should_training_stop = True

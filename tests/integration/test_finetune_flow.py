@@ -1,8 +1,9 @@
-"""OpenAI's fine-tuning flow against a real `tunegate serve` (which runs `tunegate worker`),
-on the tiny model, driven only through the official `openai` client: upload, create a job,
-follow its events to `succeeded`, chat with `fine_tuned_model`, list checkpoints; a bad file
-failing validation with line numbers; a cancel mid-run; and a worker killed mid-job that is
-restarted, resumes the job it was running and then runs the job queued behind it."""
+"""OpenAI's fine-tuning flow against the integration tests' real `tunegate serve` (which
+runs `tunegate worker`, checkpointing every 10 steps by default), on the tiny model, driven
+only through the official `openai` client: upload, create a job, follow its events to
+`succeeded`, chat with `fine_tuned_model`, list checkpoints; a bad file failing validation
+with line numbers; a cancel mid-run; and a worker killed mid-job that is restarted, resumes
+the job it was running and then runs the job queued behind it."""
 
 from __future__ import annotations
 
@@ -10,19 +11,15 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 
-from adapters_store.bases import MANIFEST, BaseModel
 from finetune.state import JobState
-from tests.integration.conftest import TINY, RunningGateway, _free_port, _stop, _wait_ready
+from tests.integration.conftest import TINY, RunningGateway
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -49,46 +46,6 @@ BAD = (
     + b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
     + b"this is not json\n"
 )
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path, tiny_model: BaseModel
-) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("finetune-home")
-    (home / "models").mkdir()
-    for child in shared_models_dir.iterdir():
-        if (child / MANIFEST).is_file():
-            (home / "models" / child.name).symlink_to(child, target_is_directory=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TUNEGATE_HOME": str(home),
-        "TUNEGATE_DEFAULT_BASE": TINY,
-        "TUNEGATE_GATEWAY_ENGINE_MAX_MODEL_LEN": "512",
-        "TUNEGATE_GATEWAY_ENGINE_MAX_NUM_SEQS": "8",
-        "TUNEGATE_GATEWAY_ENGINE_KV_CACHE_GIB": "1",
-        "TUNEGATE_GATEWAY_ENGINE_MAX_LORA_RANK": "16",
-        "TUNEGATE_FINETUNE_SAVE_STEPS": "3",
-        "TUNEGATE_FINETUNE_POLL_S": "0.2",
-        "TUNEGATE_FINETUNE_LORA_RANK": "8",
-    }
-    env.pop("TUNEGATE_CONFIG", None)
-    log = home / "gateway.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tunegate", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = RunningGateway(f"http://127.0.0.1:{port}", home, process, log, tiny_model)
-    try:
-        _wait_ready(running)
-        yield running
-    finally:
-        _stop(running)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +79,7 @@ def _finished(client: openai.OpenAI, job_id: str) -> Any:
 def test_upload_train_follow_events_and_chat_with_the_result(
     gateway: RunningGateway, client: openai.OpenAI
 ) -> None:
-    training = _upload(client, _jsonl(12), "train.jsonl")
+    training = _upload(client, _jsonl(20), "train.jsonl")
     validation = _upload(client, _jsonl(4), "valid.jsonl")
     started = time.monotonic()
     job = client.fine_tuning.jobs.create(
@@ -150,22 +107,22 @@ def test_upload_train_follow_events_and_chat_with_the_result(
 
     assert done.trained_tokens and done.trained_tokens > 0
     assert name in [m.id for m in client.models.list()]
-    # 12 examples / 4 per step * 2 epochs = 6 steps; a checkpoint every 3.
+    # 20 examples / 4 per step * 2 epochs = 10 steps; a checkpoint every 10.
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
     metrics = [e.data for e in events if e.type == "metrics"]
     steps = sorted({m["step"] for m in metrics if "train_loss" in m})  # type: ignore[index,operator]
-    assert steps == list(range(1, 7))
+    assert steps == list(range(1, 11))
     assert any("valid_loss" in m for m in metrics)  # type: ignore[operator]
     assert events[0].message == "The job has successfully completed"
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
-    assert [c.step_number for c in checkpoints] == [6, 3]
-    assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-6"
+    assert [c.step_number for c in checkpoints] == [10]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-10"
     assert checkpoints[0].metrics.train_loss is not None
     # The result file is the metrics CSV, downloadable like any file.
     (result,) = done.result_files
     csv_text = client.files.content(result).text
     assert csv_text.splitlines()[0].startswith("step,train_loss,valid_loss")
-    assert len(csv_text.splitlines()) >= 7
+    assert len(csv_text.splitlines()) >= 11
 
 
 def test_a_bad_file_fails_in_validation_with_line_numbers(
