@@ -168,8 +168,11 @@ def evaluate(
             for p in prompts
         )
         row["prompt_tokens_cl100k"] = statistics.fmean(chat_tokens_cl100k(p) for p in prompts)
+        # Perplexity of the reference answer only: a few-shot prompt's solved examples are
+        # prior assistant turns, which must not be scored (and, scored, they would also stop
+        # the shared prompt from being computed once per batch).
         full = [
-            [*p, {"role": "assistant", "content": c.reference}]
+            [*_context_only(p), {"role": "assistant", "content": c.reference}]
             for p, c in zip(prompts, cases, strict=True)
         ]
         row["perplexity"] = perplexity(scorer.score(cond.spec, full))
@@ -181,6 +184,11 @@ def evaluate(
         result.conditions[cond.name] = row
         echo(f"evaluated {cond.name}: {_summary(row)} ({row['seconds']} s)")
     return result
+
+
+def _context_only(messages: Sequence[Message]) -> list[Message]:
+    """`messages` with every assistant turn weighted 0 (context, not scored)."""
+    return [{**m, "weight": 0} if m["role"] == "assistant" else dict(m) for m in messages]
 
 
 def _parse_against(output: str, labels: Sequence[str]) -> str | None:
