@@ -54,8 +54,11 @@ def main() -> int:
     models = _real_models_dir()
     home = Path(tempfile.mkdtemp(prefix="ft-latency-"))
     (home / "models").mkdir()
+    from adapters_store.bases import MANIFEST
+
     for child in models.iterdir():
-        (home / "models" / child.name).symlink_to(child.resolve())
+        if (child / MANIFEST).is_file():  # built base models only (not their lock files)
+            (home / "models" / child.name).symlink_to(child, target_is_directory=True)
     env = {
         **os.environ,
         "TUNEGATE_HOME": str(home),
