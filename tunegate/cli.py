@@ -24,6 +24,7 @@ _COMMANDS = [
     "model",
     "data",
     "tune",
+    "distill",
     "eval",
     "store",
     "config",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +113,13 @@ def evaluate(
     scorer: TransformersBackend | None = None,
     data_name: str = "",
     echo: Printer = print,
+    others: Mapping[str, ModelSpec] | None = None,
 ) -> EvalResult:
-    """Score every condition on `cases`; `labels` enable label metrics (default: the task's)."""
+    """Score every condition on `cases`; `labels` enable label metrics (default: the task's).
+
+    `others` are more models prompted like the artifact (e.g. a distilled student's teacher),
+    scored before it under their own condition names.
+    """
     if not cases:
         raise ValueError("no test examples")
     labels = list(labels or (task.labels if task else ()))
@@ -133,6 +138,10 @@ def evaluate(
                 base,
                 lambda c: task.few_shot_messages(c.user_text, k=few_shot_k),
             )
+        )
+    for name, spec in (others or {}).items():
+        conditions.append(
+            Condition(name, spec, lambda c: with_system_prompt(c.messages, system_prompt))
         )
     conditions.append(
         Condition("tuned", artifact, lambda c: with_system_prompt(c.messages, system_prompt))

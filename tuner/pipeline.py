@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,16 @@ from tuner.evaluate import EvalResult, evaluate, format_table, load_cases
 from tuner.hardware import configure_threads
 from tuner.recipe import Recipe
 from tuner.tasks import Task, get_task
-from tuner.train import RunResult, ensure_base, train
+from tuner.train import RunResult, TrainingError, ensure_base, train
 
-__all__ = ["TuneOutcome", "build_card", "evaluate_reference", "make_backend", "tune"]
+__all__ = [
+    "TuneOutcome",
+    "build_card",
+    "evaluate_reference",
+    "evaluate_run",
+    "make_backend",
+    "tune",
+]
 
 Printer = Callable[[str], None]
 
@@ -87,6 +94,43 @@ def build_card(run: RunResult, evaluation: EvalResult | None) -> dict[str, Any]:
     return card
 
 
+def evaluate_run(
+    run: RunResult,
+    spec: ModelSpec,
+    config: TunerConfig,
+    backend: str | None = None,
+    echo: Printer = print,
+    others: Mapping[str, ModelSpec] | None = None,
+) -> EvalResult | None:
+    """The eval table of a run's artifact `spec` (and `others` beside it) on the run's test
+    split, against the run's base; written to `eval.json`. None when the recipe skips it."""
+    recipe = run.recipe
+    if not recipe.evaluate or run.data.test is None:
+        return None
+    generator, scorer, chosen = make_backend(backend or config.eval_backend, config)
+    try:
+        evaluation = evaluate(
+            load_cases(run.data.test, recipe.eval_limit),
+            run.base.path,
+            spec,
+            task=get_task(recipe.task) if recipe.task else None,
+            system_prompt=trained_system_prompt(run.data.train),
+            few_shot_k=recipe.few_shot_k,
+            generator=generator,
+            backend_name=chosen,
+            scorer=scorer,
+            data_name=str(run.data.test),
+            echo=echo,
+            others=others,
+        )
+    finally:
+        if isinstance(generator, VllmBackend):
+            generator.close()
+    (run.run_dir / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    echo(format_table(evaluation))
+    return evaluation
+
+
 def tune(
     recipe: Recipe,
     home: Path,
@@ -96,35 +140,17 @@ def tune(
     backend: str | None = None,
     echo: Printer = print,
 ) -> TuneOutcome:
+    if recipe.method == "distill":
+        raise TrainingError(
+            f"recipe {recipe.name!r} is a distill recipe: run it with `tunegate distill`"
+        )
     configure_threads(config.threads, echo)
     run = train(recipe, home, resume=resume, echo=echo)
-    evaluation = None
-    if recipe.evaluate and run.data.test is not None:
-        task = get_task(recipe.task) if recipe.task else None
-        if recipe.method == "lora":
-            spec = ModelSpec(path=run.base.path, adapter=run.output_dir, name=recipe.name)
-        else:
-            spec = ModelSpec(path=run.output_dir, name=recipe.name)
-        generator, scorer, chosen = make_backend(backend or config.eval_backend, config)
-        try:
-            evaluation = evaluate(
-                load_cases(run.data.test, recipe.eval_limit),
-                run.base.path,
-                spec,
-                task=task,
-                system_prompt=trained_system_prompt(run.data.train),
-                few_shot_k=recipe.few_shot_k,
-                generator=generator,
-                backend_name=chosen,
-                scorer=scorer,
-                data_name=str(run.data.test),
-                echo=echo,
-            )
-        finally:
-            if isinstance(generator, VllmBackend):
-                generator.close()
-        (run.run_dir / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
-        echo(format_table(evaluation))
+    if recipe.method == "lora":
+        spec = ModelSpec(path=run.base.path, adapter=run.output_dir, name=recipe.name)
+    else:
+        spec = ModelSpec(path=run.output_dir, name=recipe.name)
+    evaluation = evaluate_run(run, spec, config, backend, echo)
     reference = None
     if recipe.publish:
         kind = "lora" if recipe.method == "lora" else "model"

@@ -13,14 +13,14 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from adapters_store.catalog import NAME_RE
+from adapters_store.catalog import NAME_RE, InvalidReferenceError, parse_reference
 
 __all__ = [
     "ALL_LINEAR",
@@ -53,7 +53,9 @@ class Recipe:
     """Everything a training run needs; see `recipes/*/*.yaml` for commented examples."""
 
     name: str = field(metadata=_doc("artifact name to publish under (store name syntax)"))
-    method: Literal["lora", "full"] = field(default="lora", metadata=_doc("lora or full"))
+    method: Literal["lora", "full", "distill"] = field(
+        default="lora", metadata=_doc("lora, full, or distill (`tunegate distill`)")
+    )
     task: str | None = field(
         default=None, metadata=_doc("demo task: generates absent data, labels for eval")
     )
@@ -98,6 +100,28 @@ class Recipe:
             "adapt only the top N decoder layers (0: all); backward then stops below them"
         ),
     )
+    # Distillation (method=distill only; `base` is then the teacher's).
+    teacher: str | None = field(
+        default=None, metadata=_doc("store reference of the teacher (LoRA adapter or model)")
+    )
+    student_layers: str = field(
+        default="every:3",
+        metadata=_doc("teacher layers the student keeps: all, every:K, ends:K, spread:N, 0,3,9"),
+    )
+    student_base: str | None = field(
+        default=None,
+        metadata=_doc(
+            "cut the student from this registered base (same tokenizer) instead of the "
+            "teacher's own (merged) weights"
+        ),
+    )
+    kd_temperature: float = field(default=2.0, metadata=_doc("softmax temperature of the KL"))
+    kd_weight: float = field(default=0.5, metadata=_doc("weight of the teacher KL term"))
+    ce_weight: float = field(default=0.5, metadata=_doc("weight of the label CE term"))
+    speed_prompts: int = field(
+        default=16, metadata=_doc("test prompts for the student-vs-teacher decode speed (0: skip)")
+    )
+    speed_tokens: int = field(default=32, metadata=_doc("tokens decoded per speed prompt"))
     # Bookkeeping.
     logging_steps: int = field(default=5, metadata=_doc("log loss every N steps"))
     save_steps: int = field(default=50, metadata=_doc("checkpoint every N steps"))
@@ -114,7 +138,7 @@ class Recipe:
                 raise RecipeError(f"{key}: {why} (got {getattr(self, key)!r})")
 
         check(bool(NAME_RE.match(self.name)), "name", f"must match {NAME_RE.pattern}")
-        check(self.method in ("lora", "full"), "method", "must be lora or full")
+        check(self.method in ("lora", "full", "distill"), "method", "must be lora, full or distill")
         check(bool(NAME_RE.match(self.base)), "base", "must be a registered base model id")
         for key in ("n_train", "n_valid", "n_test"):
             check(getattr(self, key) >= 0, key, "must be >= 0")
@@ -139,6 +163,7 @@ class Recipe:
             f"must be [{ALL_LINEAR}] or a subset of {list(LLAMA_LINEAR)}",
         )
         check(0 <= self.lora_layers <= 1024, "lora_layers", "must be in 0..1024")
+        self._check_distill(check)
         check(self.logging_steps >= 1, "logging_steps", "must be >= 1")
         check(self.save_steps >= 1, "save_steps", "must be >= 1")
         check(self.eval_limit >= 0, "eval_limit", "must be >= 0")
@@ -149,6 +174,29 @@ class Recipe:
             "task",
             "is required when train_file or test_file is not given",
         )
+
+    def _check_distill(self, check: Callable[[bool, str, str], None]) -> None:
+        from tuner.student import StudentError, select_layers
+
+        check(self.method != "distill" or self.teacher is not None, "teacher", "required")
+        if self.teacher is not None:
+            try:
+                parse_reference(self.teacher)
+            except InvalidReferenceError as exc:
+                check(False, "teacher", str(exc))
+        if self.student_base is not None:
+            check(bool(NAME_RE.match(self.student_base)), "student_base", "not a base model id")
+        try:
+            # The spec's syntax only: the teacher's depth is known once it is loaded.
+            select_layers(self.student_layers, 1 << 20)
+        except StudentError as exc:
+            check(False, "student_layers", str(exc))
+        check(0 < self.kd_temperature <= 100, "kd_temperature", "must be in (0, 100]")
+        check(self.kd_weight >= 0, "kd_weight", "must be >= 0")
+        check(self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        check(self.kd_weight + self.ce_weight > 0, "kd_weight", "kd_weight + ce_weight must be > 0")
+        check(0 <= self.speed_prompts <= 1024, "speed_prompts", "must be in 0..1024")
+        check(2 <= self.speed_tokens <= 4096, "speed_tokens", "must be in 2..4096")
 
     @property
     def target_modules(self) -> list[str]:

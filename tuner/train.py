@@ -281,7 +281,10 @@ def _build_trainer(
     train_set: list[dict[str, list[int]]],
     valid_set: list[dict[str, list[int]]],
     run_dir: Path,
+    trainer_class: Any = None,
 ) -> tuple[Any, _TokenCounter]:
+    """The Trainer for a run; `trainer_class` (a Trainer subclass with its own
+    `compute_loss`, e.g. distillation's) replaces the label-CE one."""
     import torch
     import torch.nn.functional as F
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -362,7 +365,7 @@ def _build_trainer(
         report_to="none",
         disable_tqdm=False,
     )
-    trainer = _Trainer(
+    trainer = (trainer_class or _Trainer)(
         model=model,
         args=args,
         train_dataset=_ListDataset(train_set),

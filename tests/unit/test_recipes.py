@@ -32,7 +32,9 @@ def test_shipped_recipe_is_valid_and_documents_its_command(path: Path) -> None:
     assert recipe.task == path.parent.name
     assert recipe.method == path.stem
     header = path.read_text().splitlines()[:5]
-    assert any(f"tunegate tune recipes/{path.parent.name}/{path.name}" in line for line in header)
+    command = "distill" if recipe.method == "distill" else "tune"
+    run = f"tunegate {command} recipes/{path.parent.name}/{path.name}"
+    assert any(run in line for line in header)
     if recipe.method == "lora":
         # What vLLM serves: every Llama projection, rank within the store's default maximum.
         assert recipe.target_modules == list(LLAMA_LINEAR)

@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "recipe", type=Path, help="recipe YAML, e.g. recipes/telecom-routing/lora.yaml"
     )
+    add_run_arguments(parser)
+    parser.set_defaults(func=_tune)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Overrides, --resume and --backend: shared by every command that trains a recipe."""
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     parser.add_argument(
         "--resume",
@@ -28,24 +34,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument(
         "--backend", choices=["auto", "vllm", "transformers"], help="generation for evaluation"
     )
-    parser.set_defaults(func=_tune)
+
+
+def resume_folder(args: argparse.Namespace, settings: Settings, name: str) -> Path | None:
+    """The run folder `--resume` names (or the recipe's latest run), None without it."""
+    from tuner.train import latest_run
+
+    if args.resume == "latest":
+        return latest_run(settings.runs_dir, name)
+    if not args.resume:
+        return None
+    resume = Path(args.resume).expanduser().resolve()
+    if not (resume / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"{resume} is not a run folder (no recipe.yaml)")
+    return resume
 
 
 def _tune(args: argparse.Namespace, settings: Settings) -> int:
     from tuner.pipeline import tune
     from tuner.recipe import load_recipe
-    from tuner.train import latest_run
 
     if not args.recipe.is_file():
         raise FileNotFoundError(f"no such recipe: {args.recipe}")
     recipe = load_recipe(args.recipe, args.overrides)
-    resume = None
-    if args.resume == "latest":
-        resume = latest_run(settings.runs_dir, recipe.name)
-    elif args.resume:
-        resume = Path(args.resume).expanduser().resolve()
-        if not (resume / "recipe.yaml").is_file():
-            raise FileNotFoundError(f"{resume} is not a run folder (no recipe.yaml)")
+    resume = resume_folder(args, settings, recipe.name)
     outcome = tune(
         recipe,
         settings.home,

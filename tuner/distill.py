@@ -1,0 +1,465 @@
+"""Distillation: a shallower student learns a teacher's answers (`tunegate distill`).
+
+The teacher is a store reference: a LoRA adapter, merged into its base with PEFT so that its
+logits cost one plain forward, or a `model` artifact. The student is, by default, the
+teacher's own (merged) weights with a subset of its layers kept (`tuner/student.py`), so it
+starts from what the teacher learned; `student_base` cuts it from a registered base with the
+same tokenizer instead. The loss, on the positions the labels train (the assistant's tokens):
+
+    kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_weight * CE(labels)
+
+(Hinton et al. 2015: T^2 keeps the KL's gradients on the CE's scale whatever T is). Teacher
+logits are computed on the fly, at those positions only, with the prompt prefix the batch
+shares run once (`tuner/prefix.py`); on label tasks that is a handful of positions per
+example, so a cache on disk would save one teacher forward per example and epoch, no more.
+
+Training is `tunegate tune`'s machinery (`tuner/train.py`: Trainer, checkpoints, resume,
+metrics JSONL, loss curve) with a Trainer whose `compute_loss` is the mixed loss above.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adapters_store.bases import BaseModel
+from tuner.backends import ModelSpec
+from tuner.config import TunerConfig
+from tuner.data import IGNORE_INDEX, dataset_sha256, load_conversations, render_prompt
+from tuner.evaluate import EvalResult, load_cases, with_system_prompt
+from tuner.hardware import configure_threads, resolve_precision
+from tuner.pipeline import _store, build_card, evaluate_run, trained_system_prompt
+from tuner.prefix import greedy_generate, prefix_forward
+from tuner.recipe import Recipe
+from tuner.student import (
+    StudentError,
+    decoder_layers,
+    drop_layers,
+    save_model,
+    select_layers,
+    tokenizer_fingerprint,
+)
+from tuner.train import (
+    DataFiles,
+    RunResult,
+    TrainingError,
+    _build_trainer,
+    _encode,
+    _last_checkpoint,
+    _new_run_dir,
+    _plot_loss,
+    ensure_base,
+    prepare_data,
+)
+
+__all__ = [
+    "DistillOutcome",
+    "Teacher",
+    "build_student",
+    "distill",
+    "kd_loss",
+    "load_teacher",
+    "measure_decode",
+]
+
+Printer = Callable[[str], None]
+
+
+@dataclass
+class Teacher:
+    ref: str  # pinned `name@version`
+    kind: str  # lora or model
+    base: BaseModel  # the registered base it derives from
+    spec: ModelSpec  # how evaluation loads it
+    model: Any  # merged, eval mode, no gradients
+
+
+@dataclass(frozen=True)
+class DistillOutcome:
+    run: RunResult
+    teacher: str
+    layers: list[int]  # teacher layers the student kept
+    evaluation: EvalResult | None
+    speed: dict[str, Any] | None
+    reference: str | None  # the published `name@version`
+
+
+def kd_loss(
+    student_logits: Any,
+    teacher_logits: Any,
+    targets: Any,
+    *,
+    temperature: float,
+    kd_weight: float,
+    ce_weight: float,
+    num_items: Any = None,
+) -> tuple[Any, dict[str, float]]:
+    """The mixed loss over the positions where `targets` is not IGNORE_INDEX.
+
+    Logits are [batch, positions, vocab], targets [batch, positions] (already aligned: the
+    logits at a position predict its target). Sums are divided by `num_items` (the Trainer's
+    count over a whole accumulated batch) or by the number of trained positions. Returns the
+    loss and its two parts (per trained position, for the log).
+    """
+    import torch.nn.functional as F
+
+    mask = targets != IGNORE_INDEX
+    count = num_items if num_items is not None else mask.sum().clamp(min=1)
+    student = student_logits[mask].float()
+    teacher = teacher_logits[mask].float()
+    if student.size(-1) != teacher.size(-1):
+        raise StudentError(
+            f"student vocabulary {student.size(-1)} != teacher vocabulary {teacher.size(-1)}"
+        )
+    ce_sum = F.cross_entropy(student, targets[mask], reduction="sum")
+    t = temperature
+    kl_sum = F.kl_div(
+        F.log_softmax(student / t, dim=-1),
+        F.log_softmax(teacher / t, dim=-1),
+        log_target=True,
+        reduction="sum",
+    )
+    loss = (kd_weight * t * t * kl_sum + ce_weight * ce_sum) / count
+    parts = {"kl": float(kl_sum.detach() / count), "ce": float(ce_sum.detach() / count)}
+    return loss, parts
+
+
+def load_teacher(store: Any, ref: str, models_dir: Path, dtype: Any) -> Teacher:
+    """The teacher as one plain model: a LoRA adapter is merged into its base."""
+    from transformers import AutoModelForCausalLM
+
+    version = store.resolve(ref)
+    base = ensure_base(models_dir, version.base)
+    if version.kind == "lora":
+        from peft import PeftModel
+
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+        model = PeftModel.from_pretrained(model, version.path).merge_and_unload()
+        spec = ModelSpec(path=base.path, adapter=version.path, name=version.name, uid=version.uid)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(version.path, dtype=dtype)
+        spec = ModelSpec(path=version.path, name=version.name, uid=version.uid)
+    model.eval()
+    model.requires_grad_(False)
+    return Teacher(version.ref, version.kind, base, spec, model)
+
+
+def build_student(
+    recipe: Recipe, teacher: Teacher, models_dir: Path, dtype: Any
+) -> tuple[Any, BaseModel, list[int]]:
+    """(student model, the base it derives from, the source layers it kept)."""
+    if recipe.student_base is None:
+        source = copy.deepcopy(teacher.model)
+        base = teacher.base
+    else:
+        from transformers import AutoModelForCausalLM
+
+        base = ensure_base(models_dir, recipe.student_base)
+        if tokenizer_fingerprint(base.path) != tokenizer_fingerprint(teacher.base.path):
+            raise StudentError(
+                f"student_base {base.id!r} does not share the tokenizer of the teacher's base "
+                f"{teacher.base.id!r}: their token distributions cannot be compared"
+            )
+        source = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+    keep = select_layers(recipe.student_layers, len(decoder_layers(source)))
+    student = drop_layers(source.to(dtype), keep)
+    student.requires_grad_(True)
+    student.train()
+    return student, base, keep
+
+
+def _distill_trainer_class(teacher: Any, recipe: Recipe) -> Any:
+    import torch
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):  # type: ignore[misc]
+        """Label CE mixed with the teacher's KL; logs both parts beside the loss."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tokens = 0
+            self._parts: list[dict[str, float]] = []
+
+        def compute_loss(  # type: ignore[override]
+            self,
+            model: Any,
+            inputs: dict[str, torch.Tensor],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            # Position p predicts token p+1: only positions whose next token is trained.
+            targets = inputs["labels"][:, 1:]
+            keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+            logits = prefix_forward(model, ids, mask, keep)
+            with torch.no_grad():
+                teacher_logits = prefix_forward(teacher, ids, mask, keep)
+            loss, parts = kd_loss(
+                logits,
+                teacher_logits,
+                targets[:, keep],
+                temperature=recipe.kd_temperature,
+                kd_weight=recipe.kd_weight,
+                ce_weight=recipe.ce_weight,
+                num_items=num_items_in_batch,
+            )
+            if model.training:
+                self.tokens += int(mask.sum())
+                self._parts.append(parts)
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if "loss" in logs and self._parts:
+                for key in ("kl", "ce"):
+                    logs[key] = statistics.fmean(p[key] for p in self._parts)
+                self._parts = []
+            super().log(logs, *args, **kwargs)
+
+    return DistillTrainer
+
+
+def _run_dir(recipe: Recipe, home: Path, resume: Path | None) -> Path:
+    if resume is None:
+        run_dir = _new_run_dir(home / "runs", recipe.name)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        return run_dir
+    saved = yaml.safe_load((resume / "recipe.yaml").read_text())
+    if saved != recipe.to_dict():
+        raise TrainingError(f"{resume} was distilled with another recipe; cannot resume it")
+    return resume
+
+
+def measure_decode(
+    models: Mapping[str, Any],
+    prompts: Sequence[Sequence[int]],
+    new_tokens: int,
+    pad_token_id: int,
+    repeats: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Decode tokens/s of each model on the same prompts (one batch, greedy, transformers).
+
+    Each model generates 1 and `new_tokens` tokens (never stopping early); the difference is
+    the decode time of `new_tokens - 1` steps, prefill excluded. Models take turns within each
+    repeat so that load from other processes falls on all of them alike, and the fastest of
+    the repeats counts (the least disturbed, as `timeit` does).
+    """
+    import torch
+
+    best: dict[str, dict[int, float]] = {name: {} for name in models}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, model in models.items():
+                for n in (1, new_tokens):
+                    started = time.perf_counter()
+                    # eos -1 never matches: every row decodes exactly n tokens.
+                    greedy_generate(model, prompts, n, eos_token_id=-1, pad_token_id=pad_token_id)
+                    seconds = time.perf_counter() - started
+                    best[name][n] = min(best[name].get(n, seconds), seconds)
+    out = {}
+    for name, times in best.items():
+        decode_s = max(times[new_tokens] - times[1], 1e-9)
+        out[name] = {
+            "decode_tokens_per_s": round(len(prompts) * (new_tokens - 1) / decode_s, 1),
+            "prefill_s": round(times[1], 3),
+            "total_s": round(times[new_tokens], 3),
+        }
+    return out
+
+
+def _speed(
+    recipe: Recipe, teacher: Teacher, student: Any, tokenizer: Any, data: DataFiles
+) -> dict[str, Any] | None:
+    """Teacher vs student decode speed on the first test prompts, as the student is served."""
+    if recipe.speed_prompts == 0 or data.test is None:
+        return None
+    cases = load_cases(data.test, recipe.speed_prompts)
+    system = trained_system_prompt(data.train)
+    prompts = [
+        tokenizer(
+            render_prompt(tokenizer, with_system_prompt(c.messages, system)),
+            add_special_tokens=False,
+        )["input_ids"]
+        for c in cases
+    ]
+    student.eval()
+    load_before = os.getloadavg()
+    result = measure_decode(
+        {"teacher": teacher.model, "student": student},
+        prompts,
+        recipe.speed_tokens,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    load_after = os.getloadavg()
+    ratio = result["student"]["decode_tokens_per_s"] / max(
+        result["teacher"]["decode_tokens_per_s"], 1e-9
+    )
+    return {
+        "engine": "transformers greedy decode (tuner.prefix.greedy_generate), "
+        f"{next(student.parameters()).dtype}, one batch, merged teacher",
+        "prompts": len(prompts),
+        "new_tokens": recipe.speed_tokens,
+        "teacher": result["teacher"],
+        "student": result["student"],
+        "decode_speedup": round(ratio, 2),
+        "load_avg_1m": [round(load_before[0], 2), round(load_after[0], 2)],
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def distill(
+    recipe: Recipe,
+    home: Path,
+    config: TunerConfig,
+    store_config: Any | None = None,
+    resume: Path | None = None,
+    backend: str | None = None,
+    echo: Printer = print,
+) -> DistillOutcome:
+    """Distil `recipe.teacher` into a student; evaluate both; publish the student."""
+    import torch
+    from transformers import AutoTokenizer
+
+    if recipe.method != "distill" or recipe.teacher is None:
+        raise TrainingError(
+            f"recipe {recipe.name!r} is method {recipe.method!r}: "
+            "`tunegate distill` takes a distill recipe (with a teacher)"
+        )
+    store = _store(home, store_config)
+    teacher_version = store.resolve(recipe.teacher)  # an unknown teacher fails before any work
+    teacher_base = ensure_base(home / "models", teacher_version.base)
+    if recipe.base != teacher_base.id:
+        echo(f"note: base is the teacher's, {teacher_base.id} (the recipe says {recipe.base})")
+    data = prepare_data(recipe, home, echo)
+    configure_threads(config.threads, echo)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_base.path)
+    context = int(teacher_base.hf_config().get("max_position_embeddings") or recipe.max_length)
+    max_length = min(recipe.max_length, context)
+    train_rows, _ = load_conversations(data.train, tokenizer, max_length)
+    valid_rows = (
+        load_conversations(data.valid, tokenizer, max_length)[0]
+        if data.valid is not None and recipe.eval_valid
+        else []
+    )
+    train_set = [_encode(tokenizer, r) for r in train_rows]
+    valid_set = [_encode(tokenizer, r) for r in valid_rows]
+
+    run_dir = _run_dir(recipe, home, resume)
+    echo(f"run folder: {run_dir}")
+    precision = resolve_precision(recipe.precision)
+    # The student trains in fp32 master weights (bf16 autocast where native), as a full
+    # fine-tune does; the frozen teacher can run in bf16 where that is fast.
+    teacher = load_teacher(
+        store,
+        teacher_version.ref,
+        home / "models",
+        torch.bfloat16 if precision == "bf16" else torch.float32,
+    )
+    student, student_base, keep = build_student(recipe, teacher, home / "models", torch.float32)
+    echo(
+        f"teacher {teacher.ref} ({teacher.kind}, {len(decoder_layers(teacher.model))} layers); "
+        f"student keeps layers {keep} of {student_base.id if recipe.student_base else teacher.ref}"
+    )
+
+    trainer, _ = _build_trainer(
+        recipe,
+        student,
+        tokenizer,
+        train_set,
+        valid_set,
+        run_dir,
+        trainer_class=_distill_trainer_class(teacher.model, recipe),
+    )
+    checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume is not None else None
+    if resume is not None and checkpoint is None:
+        echo(f"no checkpoint in {run_dir}: starting from the beginning")
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - started
+    _plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", recipe.name)
+    tokens = trainer.tokens
+    loss = float(output.training_loss) if output.training_loss is not None else None
+    echo(
+        f"distilled {tokens} tokens in {seconds:.1f} s ({output.global_step} steps"
+        + (f", final train loss {loss:.4f})" if loss is not None else ")")
+    )
+
+    speed = _speed(recipe, teacher, trainer.model, tokenizer, data)
+    if speed is not None:
+        echo(
+            f"decode speed ({speed['engine']}; load {speed['load_avg_1m']}): teacher "
+            f"{speed['teacher']['decode_tokens_per_s']} tok/s, student "
+            f"{speed['student']['decode_tokens_per_s']} tok/s: {speed['decode_speedup']}x"
+        )
+    out_dir = run_dir / "model"
+    save_model(trainer.model, tokenizer, out_dir)
+    del trainer, student
+    teacher.model = None  # evaluation loads its own copy; free this one first
+
+    run = RunResult(
+        run_dir=run_dir,
+        output_dir=out_dir,
+        recipe=recipe,
+        base=student_base,
+        data=data,
+        dataset_sha256=dataset_sha256(data.train),
+        train_tokens=tokens,
+        train_seconds=seconds,
+        tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+        final_loss=loss,
+    )
+    student_spec = ModelSpec(path=out_dir, name=recipe.name)
+    evaluation = evaluate_run(run, student_spec, config, backend, echo, {"teacher": teacher.spec})
+    distillation = {
+        "teacher": teacher.ref,
+        "teacher_kind": teacher.kind,
+        "student_layers": recipe.student_layers,
+        "kept_layers": keep,
+        "student_source": recipe.student_base or teacher.ref,
+        "kd_temperature": recipe.kd_temperature,
+        "kd_weight": recipe.kd_weight,
+        "ce_weight": recipe.ce_weight,
+    }
+    if evaluation is not None:
+        rows = evaluation.conditions
+        if "macro_f1" in rows["tuned"] and rows["teacher"]["macro_f1"] > 0:
+            kept = rows["tuned"]["macro_f1"] / rows["teacher"]["macro_f1"]
+            distillation["macro_f1_kept"] = round(kept, 3)
+            echo(f"student keeps {kept:.0%} of the teacher's macro-F1")
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "recipe": recipe.to_dict(),
+                "base": student_base.id,
+                "train_file": str(data.train),
+                "dataset_sha256": run.dataset_sha256,
+                "examples": len(train_set),
+                "steps": output.global_step,
+                "train_tokens": tokens,
+                "train_seconds": round(seconds, 2),
+                "train_loss": loss,
+                "distillation": distillation,
+                "speed": speed,
+                "output": str(out_dir),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+    reference = None
+    if recipe.publish:
+        card = build_card(run, evaluation)
+        card.update(parent=teacher.ref, distillation=distillation, speed=speed)
+        version = store.publish(out_dir, recipe.name, kind="model", base=student_base.id, card=card)
+        reference = version.ref
+        echo(f"published {reference} (model, {len(keep)} layers, parent {teacher.ref})")
+    return DistillOutcome(run, teacher.ref, keep, evaluation, speed, reference)
