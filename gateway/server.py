@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,8 @@ if TYPE_CHECKING:
     from tunegate.config import Settings
 
 __all__ = ["serve"]
+
+log = logging.getLogger("tunegate.gateway")
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
@@ -51,7 +55,14 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     if not server.started:
         raise RuntimeError("the gateway failed to start (see the log above)")
     if watchdog.failure is not None:
-        raise RuntimeError(f"{watchdog.failure}; exiting so that a supervisor restarts it")
+        # The server has stopped and accounting is flushed. Threads of the dead engine's
+        # client can keep the interpreter from exiting (seen with vLLM 0.32 after its
+        # engine process was killed), so leave at once with a failure status.
+        log.critical("%s; exiting with status 1 so that a supervisor restarts it", watchdog.failure)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:

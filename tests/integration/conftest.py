@@ -81,6 +81,9 @@ class RunningGateway:
     process: subprocess.Popen[bytes]
     log: Path
     base: BaseModel
+    # What the process must exit with once stopped (a test that kills its engine expects
+    # a non-zero status).
+    expected_exit: int = 0
 
     @property
     def v1(self) -> str:
@@ -120,26 +123,37 @@ def make_adapter(tiny_model: BaseModel) -> AdapterMaker:
     return make
 
 
-@pytest.fixture(scope="session")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path, tiny_model: BaseModel
-) -> Iterator[RunningGateway]:
-    home = tmp_path_factory.mktemp("gateway-home")
-    (home / "models").mkdir()
+def link_models(home: Path, shared_models_dir: Path) -> Path:
+    """Make `home` a tunegate home whose models/ links to the shared, built base models."""
+    (home / "models").mkdir(parents=True)
     for child in shared_models_dir.iterdir():
         if (child / MANIFEST).is_file():
             (home / "models" / child.name).symlink_to(child, target_is_directory=True)
+    return home
+
+
+def gateway_home(home: Path, shared_models_dir: Path, tiny_model: BaseModel) -> Path:
+    """A fresh tunegate home with the shared base models and ADAPTERS (made by PEFT)."""
+    link_models(home, shared_models_dir)
 
     from adapters_store import BaseRegistry, Store
 
     store = Store(home / "store", BaseRegistry(home / "models"))
-    work = tmp_path_factory.mktemp("adapters")
+    work = home / "adapter-sources"
     for seed, (name, card) in enumerate(ADAPTERS.items(), start=1):
         store.publish(make_peft_adapter(tiny_model, work / name, seed), name, card=card)
     store.close()
+    return home
 
+
+@contextlib.contextmanager
+def launch_gateway(
+    home: Path, tiny_model: BaseModel, env: dict[str, str] | None = None
+) -> Iterator[RunningGateway]:
+    """`tunegate serve` on the tiny model over `home`, with `env` on top of the defaults;
+    on exit SIGTERM, which must drain, flush and exit 0 (unless the test ended it)."""
     port = _free_port()
-    env = {
+    full_env = {
         **os.environ,
         "TUNEGATE_HOME": str(home),
         "TUNEGATE_DEFAULT_BASE": TINY,
@@ -150,13 +164,14 @@ def gateway(
         "TUNEGATE_GATEWAY_ENGINE_MAX_CPU_LORAS": "4",
         "TUNEGATE_GATEWAY_ENGINE_MAX_LORA_RANK": "16",
         "TUNEGATE_GATEWAY_DRAIN_TIMEOUT_S": "20",
+        **(env or {}),
     }
-    env.pop("TUNEGATE_CONFIG", None)
+    full_env.pop("TUNEGATE_CONFIG", None)
     log = home / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "tunegate", "serve", "--port", str(port)],
-            env=env,
+            env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its engine processes can be cleaned up as a group
@@ -167,6 +182,15 @@ def gateway(
         yield running
     finally:
         _stop(running)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path, tiny_model: BaseModel
+) -> Iterator[RunningGateway]:
+    home = gateway_home(tmp_path_factory.mktemp("gateway-home"), shared_models_dir, tiny_model)
+    with launch_gateway(home, tiny_model) as running:
+        yield running
 
 
 def _wait_ready(gw: RunningGateway) -> None:
@@ -196,7 +220,7 @@ def _stop(gw: RunningGateway) -> None:
     # Anything its engine left behind goes with its process group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(gw.process.pid, signal.SIGKILL)
-    if gw.process.returncode != 0:
+    if gw.process.returncode != gw.expected_exit:
         raise AssertionError(
             f"the gateway exited with {gw.process.returncode} after SIGTERM:\n{gw.log_tail()}"
         )

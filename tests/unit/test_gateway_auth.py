@@ -251,7 +251,7 @@ async def _concurrent_client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     await inbox.put({"type": "lifespan.startup"})
     assert (await outbox.get())["type"] == "lifespan.startup.complete"
     try:
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # litestar's scope types
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             yield client
     finally:
