@@ -179,6 +179,9 @@ def test_every_route_but_health_and_schema_needs_a_key(
         ("GET", "/v1/models/alpha"),
         ("GET", "/v1/usage"),
         ("GET", "/metrics"),
+        # Routes added by other packages get the same guard without doing anything.
+        ("GET", "/v1/files"),
+        ("GET", "/v1/fine_tuning/jobs"),
     ]:
         error = _error(client.request(method, path, json=_chat("alpha")), 401)
         assert "didn't provide an API key" in error["message"]
@@ -192,6 +195,7 @@ def test_every_route_but_health_and_schema_needs_a_key(
         "insufficient_permissions"
     )
     assert client.get("/metrics", headers=_bearer(keys["admin"])).status_code == 200
+    assert client.get("/v1/fine_tuning/jobs", headers=_bearer(keys["a"])).status_code == 200
 
 
 def test_a_key_sees_and_uses_only_its_adapters(
