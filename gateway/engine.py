@@ -130,6 +130,9 @@ class Engine:
         # Requests admitted for this engine and not finished: they may not have reached
         # the engine yet, so an engine is idle only when this and `running()` are both 0.
         self.leases = 0
+        # lora_int_ids that vLLM has loaded once from their (immutable, checksummed) store
+        # folder: see `load_adapter`.
+        self._checked_adapters: set[int] = set()
 
     @property
     def model_id(self) -> str:
@@ -266,15 +269,18 @@ class Engine:
         )
 
     async def load_adapter(self, adapter: Adapter) -> None:
-        """Make sure the engine holds `adapter` before a request uses it.
+        """Make sure `adapter` loads before the first request uses it.
 
         vLLM otherwise loads an adapter inside the model step, where a corrupt file raises
         in the worker and kills the engine (and every request in it). Loaded here, through
-        vLLM's add_lora utility call, a failure is returned to this request alone. The call
-        is a no-op for an adapter already in the engine's cache (and refreshes its LRU
-        place), so it is made for every adapter request: an adapter evicted since its last
-        use is reloaded, and checked, here too.
+        vLLM's add_lora utility call, a failure is returned to this request alone (and the
+        next request naming it tries again). The call waits for the engine's current step,
+        so it is made once per adapter version, not per request: a store version's files
+        never change (they are checksummed at publish and the store verifies them), so an
+        adapter that loaded once reloads the same way after an LRU eviction.
         """
+        if adapter.uid in self._checked_adapters:
+            return
         from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
@@ -284,6 +290,7 @@ class Engine:
         except Exception as exc:
             log.error("adapter %s (%s) failed to load: %s", adapter.name, adapter.path, exc)
             raise AdapterLoadFailedError(adapter.name) from exc
+        self._checked_adapters.add(adapter.uid)
 
     def sampling_params(self, params: GenerationParams) -> SamplingParams:
         """Request values, else the model's generation_config.json, else OpenAI's."""
