@@ -38,7 +38,7 @@ from tuner.data import IGNORE_INDEX, dataset_sha256, load_conversations, render_
 from tuner.evaluate import EvalResult, load_cases, with_system_prompt
 from tuner.hardware import configure_threads, resolve_precision
 from tuner.pipeline import _store, build_card, evaluate_run, trained_system_prompt
-from tuner.prefix import greedy_generate, prefix_forward
+from tuner.prefix import common_prefix_len, greedy_generate, prefix_forward
 from tuner.recipe import Recipe
 from tuner.student import (
     StudentError,
@@ -102,35 +102,40 @@ def kd_loss(
     kd_weight: float,
     ce_weight: float,
     num_items: Any = None,
+    kd_mask: Any = None,
 ) -> tuple[Any, dict[str, float]]:
     """The mixed loss over the positions where `targets` is not IGNORE_INDEX.
 
     Logits are [batch, positions, vocab], targets [batch, positions] (already aligned: the
     logits at a position predict its target). Sums are divided by `num_items` (the Trainer's
-    count over a whole accumulated batch) or by the number of trained positions. Returns the
-    loss and its two parts (per trained position, for the log).
+    count over a whole accumulated batch) or by the number of trained positions. With
+    `kd_mask` ([batch, positions] booleans) the KL covers those positions instead, averaged
+    over them. Returns the loss and its two parts (per position, for the log).
     """
     import torch.nn.functional as F
 
+    if student_logits.size(-1) != teacher_logits.size(-1):
+        raise StudentError(
+            f"student vocabulary {student_logits.size(-1)} != "
+            f"teacher vocabulary {teacher_logits.size(-1)}"
+        )
     mask = targets != IGNORE_INDEX
     count = num_items if num_items is not None else mask.sum().clamp(min=1)
-    student = student_logits[mask].float()
-    teacher = teacher_logits[mask].float()
-    if student.size(-1) != teacher.size(-1):
-        raise StudentError(
-            f"student vocabulary {student.size(-1)} != teacher vocabulary {teacher.size(-1)}"
-        )
-    ce_sum = F.cross_entropy(student, targets[mask], reduction="sum")
+    ce = F.cross_entropy(student_logits[mask].float(), targets[mask], reduction="sum") / count
+    kl_at = mask if kd_mask is None else kd_mask
+    kl_count = count if kd_mask is None else kd_mask.sum().clamp(min=1)
     t = temperature
-    kl_sum = F.kl_div(
-        F.log_softmax(student / t, dim=-1),
-        F.log_softmax(teacher / t, dim=-1),
-        log_target=True,
-        reduction="sum",
+    kl = (
+        F.kl_div(
+            F.log_softmax(student_logits[kl_at].float() / t, dim=-1),
+            F.log_softmax(teacher_logits[kl_at].float() / t, dim=-1),
+            log_target=True,
+            reduction="sum",
+        )
+        / kl_count
     )
-    loss = (kd_weight * t * t * kl_sum + ce_weight * ce_sum) / count
-    parts = {"kl": float(kl_sum.detach() / count), "ce": float(ce_sum.detach() / count)}
-    return loss, parts
+    loss = kd_weight * t * t * kl + ce_weight * ce
+    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach())}
 
 
 def load_teacher(store: Any, ref: str, models_dir: Path, dtype: Any) -> Teacher:
@@ -197,9 +202,17 @@ def _distill_trainer_class(teacher: Any, recipe: Recipe) -> Any:
             num_items_in_batch: Any = None,
         ) -> Any:
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            # Position p predicts token p+1: only positions whose next token is trained.
+            # Position p predicts token p+1: only positions whose next token is trained, or
+            # (kd_positions=all) every position after the prompt prefix the batch shares.
             targets = inputs["labels"][:, 1:]
-            keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+            kd_mask = None
+            if recipe.kd_positions == "all":
+                real = mask[:, 1:].bool()
+                start = common_prefix_len(ids, mask)
+                keep = real[:, start:].any(dim=0).nonzero().flatten() + start
+                kd_mask = real[:, keep]
+            else:
+                keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
             logits = prefix_forward(model, ids, mask, keep)
             with torch.no_grad():
                 teacher_logits = prefix_forward(teacher, ids, mask, keep)
@@ -211,6 +224,7 @@ def _distill_trainer_class(teacher: Any, recipe: Recipe) -> Any:
                 kd_weight=recipe.kd_weight,
                 ce_weight=recipe.ce_weight,
                 num_items=num_items_in_batch,
+                kd_mask=kd_mask,
             )
             if model.training:
                 self.tokens += int(mask.sum())
@@ -427,6 +441,7 @@ def distill(
         "kd_temperature": recipe.kd_temperature,
         "kd_weight": recipe.kd_weight,
         "ce_weight": recipe.ce_weight,
+        "kd_positions": recipe.kd_positions,
     }
     if evaluation is not None:
         rows = evaluation.conditions

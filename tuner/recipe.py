@@ -118,6 +118,12 @@ class Recipe:
     kd_temperature: float = field(default=2.0, metadata=_doc("softmax temperature of the KL"))
     kd_weight: float = field(default=0.5, metadata=_doc("weight of the teacher KL term"))
     ce_weight: float = field(default=0.5, metadata=_doc("weight of the label CE term"))
+    kd_positions: Literal["labels", "all"] = field(
+        default="labels",
+        metadata=_doc(
+            "KL on the label tokens only, or on every token after the shared prompt prefix"
+        ),
+    )
     speed_prompts: int = field(
         default=16, metadata=_doc("test prompts for the student-vs-teacher decode speed (0: skip)")
     )

@@ -56,6 +56,21 @@ def test_kd_loss_matches_the_formula(temp: float, kw: float, cw: float) -> None:
     assert parts["ce"] == pytest.approx(ce, rel=1e-5)
 
 
+def test_kd_mask_moves_the_kl_to_its_own_positions() -> None:
+    # kd_positions=all: KL on every real position (averaged over them), CE on labels only.
+    torch.manual_seed(5)
+    s, t = torch.randn(2, 4, 9) * 2, torch.randn(2, 4, 9) * 2
+    y = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, IGNORE_INDEX], [IGNORE_INDEX, 8, 1, 2]])
+    kd_mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    loss, parts = kd_loss(s, t, y, temperature=2.0, kd_weight=0.6, ce_weight=0.4, kd_mask=kd_mask)
+    every = torch.where(kd_mask, 0, IGNORE_INDEX)  # stands for "all masked positions count"
+    _, kl, _ = _direct(s, t, every, 2.0, 1.0, 0.0)
+    _, _, ce = _direct(s, t, y, 2.0, 0.0, 1.0)
+    assert parts["kl"] == pytest.approx(kl, rel=1e-5)
+    assert parts["ce"] == pytest.approx(ce, rel=1e-5)
+    assert float(loss) == pytest.approx(0.6 * 4.0 * kl + 0.4 * ce, rel=1e-5)
+
+
 def test_ignored_positions_do_not_count() -> None:
     torch.manual_seed(2)
     s, t = torch.randn(1, 4, 5), torch.randn(1, 4, 5)
@@ -160,6 +175,12 @@ def test_distill_overrides_are_typed() -> None:
     )
     assert recipe.teacher == "telecom@prod" and recipe.student_layers == "0,5,29"
     assert recipe.kd_temperature == 4.0 and recipe.ce_weight == 0.0
+    assert (
+        load_recipe(RECIPES / "telecom-routing" / "distill.yaml", ["kd_positions=all"]).kd_positions
+        == "all"
+    )
+    with pytest.raises(RecipeError, match="kd_positions must be one of"):
+        load_recipe(RECIPES / "telecom-routing" / "distill.yaml", ["kd_positions=some"])
 
 
 # -- decode timing -------------------------------------------------------------------------
