@@ -222,7 +222,10 @@ class Engine:
         try:
             _, (engine_input,) = await renderer.render_chat_async(
                 [messages],  # type: ignore[list-item]
-                ChatParams(),
+                # vLLM's server passes this from the request (default true); the HF
+                # template's own default is false, which would leave the assistant turn
+                # unopened and the model answering "assistant\n...".
+                ChatParams(chat_template_kwargs={"add_generation_prompt": True}),
                 tok_params,
             )
         except VLLMValidationError as exc:

@@ -94,6 +94,14 @@ def test_card_system_prompt_applies_only_without_a_system_message(
     # beta's card prompt replaces the template's default system prompt; alpha has none.
     assert prompt_tokens("beta", user) != prompt_tokens("alpha", user)
     assert prompt_tokens("beta", own) == prompt_tokens("alpha", own) == prompt_tokens(TINY, own)
+    # The prompt is the chat template with the assistant turn opened, as vLLM's server and
+    # the tuner render it: without it a tuned model answers "assistant\n<label>".
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gateway.base.path)
+    text = tokenizer.apply_chat_template(own, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n")
+    assert prompt_tokens(TINY, own) == len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def test_completions_endpoint(gateway: RunningGateway) -> None:
