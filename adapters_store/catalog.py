@@ -28,7 +28,9 @@ unique across the catalog and never reused: use it as vLLM's `lora_int_id`.
 from __future__ import annotations
 
 import builtins
+import getpass
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +48,13 @@ from adapters_store.errors import (
     UnknownReferenceError,
 )
 from adapters_store.hashing import hash_file
-from adapters_store.sqlite_catalog import AliasEvent, CatalogTx, SqliteCatalog, VersionRow
+from adapters_store.sqlite_catalog import (
+    AliasEvent,
+    AuditEntry,
+    CatalogTx,
+    SqliteCatalog,
+    VersionRow,
+)
 from adapters_store.validation import inspect_lora, inspect_model, refuse_unsafe_files
 from adapters_store.vllm_support import ArchSupport, arch_support
 
@@ -55,6 +63,8 @@ __all__ = [
     "NAME_RE",
     "AliasEvent",
     "ArtifactVersion",
+    "AuditEntry",
+    "Canary",
     "ChangeRefusedError",
     "InvalidReferenceError",
     "PublishRefusedError",
@@ -172,6 +182,29 @@ class ArtifactVersion:
         return f"{self.name}@{self.version}"
 
 
+@dataclass(frozen=True)
+class Canary:
+    """`percent` of the callers of `name@alias` get `canary`, the others `stable`."""
+
+    name: str
+    alias: str
+    stable: ArtifactVersion
+    canary: ArtifactVersion
+    percent: int  # 1..100
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.alias}"
+
+
+def default_actor() -> str:
+    """Who changes the store when no API key does: the OS user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
+        return f"uid:{os.getuid()}"
+
+
 class _SettingsLike(Protocol):
     """What `Store.open` needs of `tunegate.config.Settings` (no import of the CLI here)."""
 
@@ -196,6 +229,26 @@ def _merge(into: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _alias_ref(ref: str | Reference) -> Reference:
+    """An alias reference; a bare `name` means `name@prod` (promotion, rollback)."""
+    r = _as_reference(ref)
+    if r.version is not None:
+        raise InvalidReferenceError(f"{r}: needs an alias reference, e.g. {r.name}@prod")
+    return r if r.alias is not None else Reference(r.name, alias="prod")
+
+
+def _alias_state(tx: CatalogTx, name: str, alias: str) -> dict[str, Any] | None:
+    """What an alias serves now, as the audit trail records it."""
+    version = tx.alias_target(name, alias)
+    if version is None:
+        return None
+    state: dict[str, Any] = {"version": version}
+    canary = tx.canary(name, alias)
+    if canary is not None:
+        state.update(canary=canary.version, percent=canary.percent)
+    return state
 
 
 class Store:
@@ -226,8 +279,12 @@ class Store:
         kind: Kind = "lora",
         base: str | None = None,
         card: dict[str, Any] | None = None,
+        *,
+        actor: str | None = None,
     ) -> ArtifactVersion:
-        """Validate, copy, hash and register `path` as the next version of `name`, atomically."""
+        """Validate, copy, hash and register `path` as the next version of `name`, atomically.
+
+        `actor` (an API key name; default the OS user) is recorded in the audit trail."""
         check_name(name)
         if kind not in ("lora", "model"):
             raise PublishRefusedError(f"kind: {kind!r}: must be 'lora' or 'model'")
@@ -285,6 +342,14 @@ class Store:
                 self._blobs.install(staged, name, version)
                 try:
                     tx.insert_version(name, version, found.base, created_at, full_card, files)
+                    tx.audit(
+                        created_at,
+                        actor or default_actor(),
+                        "publish",
+                        f"{name}@{version}",
+                        None,
+                        {"version": version, "kind": kind, "base": found.base},
+                    )
                 except BaseException:
                     # Still under the write lock: nobody can have been given this version.
                     self._blobs.discard(name, version)
@@ -345,24 +410,121 @@ class Store:
         return self._db.generation()
 
     # -- aliases --------------------------------------------------------------------------
-    def set_alias(self, ref: str | Reference, alias: str) -> ArtifactVersion | None:
-        """Point `name@alias` at `ref`; returns the previous target (kept for rollback)."""
+    def set_alias(
+        self, ref: str | Reference, alias: str, *, actor: str | None = None
+    ) -> ArtifactVersion | None:
+        """Point `name@alias` at `ref`; returns the previous target (kept for rollback).
+        A canary running on the alias ends: the move says which version serves."""
         check_alias(alias)
         r = _as_reference(ref)
         with self._db.write() as tx:
             target = self._lookup(tx, r)
             if target is None:
                 raise self._unknown(tx, r)
-            previous = tx.set_alias(target.name, alias, target.version, _now())
+            at = _now()
+            state = _alias_state(tx, target.name, alias)
+            if tx.canary(target.name, alias) is not None:
+                tx.drop_canary(target.name, alias)
+            previous = tx.set_alias(target.name, alias, target.version, at)
+            tx.audit(
+                at,
+                actor or default_actor(),
+                "alias",
+                f"{target.name}@{alias}",
+                state,
+                {"version": target.version},
+            )
             before = None if previous is None else tx.get(target.name, previous)
         return None if before is None else self._artifact(before)
 
-    def rollback_alias(self, ref: str | Reference) -> ArtifactVersion:
-        """Point `name@alias` back at the version it named before its last move."""
+    def set_canary(
+        self, ref: str | Reference, alias: str, percent: int, *, actor: str | None = None
+    ) -> Canary:
+        """Send `percent` of `name@alias`'s callers to `ref`; the alias keeps its target."""
+        check_alias(alias)
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+            raise ChangeRefusedError(f"canary percent must be an integer 1..100, got {percent!r}")
+        r = _as_reference(ref)
+        with self._db.write() as tx:
+            target = self._lookup(tx, r)
+            if target is None:
+                raise self._unknown(tx, r)
+            stable = tx.alias_target(target.name, alias)
+            if stable is None:
+                raise ChangeRefusedError(
+                    f"{target.name}@{alias} does not exist yet: point it at a stable version "
+                    "first, then add a canary"
+                )
+            if stable == target.version:
+                raise ChangeRefusedError(
+                    f"{target.name}@{target.version} is already the target of {target.name}@{alias}"
+                )
+            at = _now()
+            state = _alias_state(tx, target.name, alias)
+            tx.set_canary(target.name, alias, target.version, percent, at)
+            tx.audit(
+                at,
+                actor or default_actor(),
+                "canary",
+                f"{target.name}@{alias}",
+                state,
+                {"version": stable, "canary": target.version, "percent": percent},
+            )
+        found = self.canary(Reference(target.name, alias=alias))
+        assert found is not None
+        return found
+
+    def canary(self, ref: str | Reference) -> Canary | None:
+        """The canary running on an alias reference, or None (also for non-alias refs)."""
         r = _as_reference(ref)
         if r.alias is None:
-            raise InvalidReferenceError(f"{r}: roll back needs an alias reference, e.g. name@prod")
+            return None
+        with self._db.read() as tx:
+            row = tx.canary(r.name, r.alias)
+            stable = tx.alias_target(r.name, r.alias)
+            if row is None or stable is None:
+                return None
+            stable_row, canary_row = tx.get(r.name, stable), tx.get(r.name, row.version)
+        if stable_row is None or canary_row is None:
+            return None
+        return Canary(
+            r.name, r.alias, self._artifact(stable_row), self._artifact(canary_row), row.percent
+        )
+
+    def promote(self, ref: str | Reference, *, actor: str | None = None) -> ArtifactVersion:
+        """Make the canary of `name@alias` (`name` alone means `name@prod`) its target; a
+        later rollback returns the alias to the version it had before."""
+        r = _alias_ref(ref)
+        assert r.alias is not None
         with self._db.write() as tx:
+            row = tx.canary(r.name, r.alias)
+            if row is None:
+                raise UnknownReferenceError(f"{r}: no canary to promote")
+            at = _now()
+            state = _alias_state(tx, r.name, r.alias)
+            tx.drop_canary(r.name, r.alias)
+            tx.set_alias(r.name, r.alias, row.version, at)
+            tx.audit(
+                at, actor or default_actor(), "promote", str(r), state, {"version": row.version}
+            )
+        return self.resolve(Reference(r.name, version=row.version))
+
+    def rollback_alias(self, ref: str | Reference, *, actor: str | None = None) -> ArtifactVersion:
+        """Point `name@alias` (`name` alone means `name@prod`) back at the version it named
+        before its last move. While a canary runs, rolling back ends the canary instead:
+        every caller gets the alias's target again, the version that served before."""
+        r = _alias_ref(ref)
+        assert r.alias is not None
+        with self._db.write() as tx:
+            at = _now()
+            who = actor or default_actor()
+            state = _alias_state(tx, r.name, r.alias)
+            if tx.canary(r.name, r.alias) is not None and state is not None:
+                tx.drop_canary(r.name, r.alias)
+                tx.audit(at, who, "rollback", str(r), state, {"version": state["version"]})
+                row = tx.get(r.name, state["version"])
+                assert row is not None
+                return self._artifact(row)
             history = [e for e in tx.alias_history(r.name, r.alias) if e.version is not None]
             if not history or history[-1].previous is None:
                 raise UnknownReferenceError(f"{r}: no earlier target to roll back to")
@@ -371,7 +533,8 @@ class Store:
                 raise UnknownReferenceError(
                     f"{r}: the earlier target {r.name}@{history[-1].previous} was removed"
                 )
-            tx.set_alias(r.name, r.alias, row.version, _now())
+            tx.set_alias(r.name, r.alias, row.version, at)
+            tx.audit(at, who, "rollback", str(r), state, {"version": row.version})
         return self.resolve(Reference(r.name, version=row.version))
 
     def alias_history(self, name: str, alias: str | None = None) -> builtins.list[AliasEvent]:
@@ -382,8 +545,34 @@ class Store:
         with self._db.read() as tx:
             return tx.alias_history(name, alias)
 
+    # -- audit trail ----------------------------------------------------------------------
+    def audit(self, name: str | None = None) -> builtins.list[AuditEntry]:
+        """Every recorded change (about artifact `name` only, if given), oldest first."""
+        if name is not None:
+            check_name(name)
+        with self._db.read() as tx:
+            return tx.audit_entries(name)
+
+    def record(
+        self,
+        action: str,
+        subject: str,
+        before: Any = None,
+        after: Any = None,
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Add an entry for a change made outside the catalog (e.g. `key.create`), whose
+        `before`/`after` are JSON values. Entries are never changed or removed."""
+        if not action or not subject:
+            raise ValueError("an audit entry needs an action and a subject")
+        with self._db.write() as tx:
+            tx.audit(_now(), actor or default_actor(), action, subject, before, after)
+
     # -- changing -------------------------------------------------------------------------
-    def remove(self, ref: str | Reference, force: bool = False) -> ArtifactVersion:
+    def remove(
+        self, ref: str | Reference, force: bool = False, *, actor: str | None = None
+    ) -> ArtifactVersion:
         """Remove one version; refused while an alias points at it unless `force`, which
         drops those aliases too. Its version number and uid are never handed out again."""
         r = _as_reference(ref)
@@ -392,16 +581,30 @@ class Store:
             if row is None:
                 raise self._unknown(tx, r)
             aliases = tx.aliases_to(row.name, row.version)
-            if aliases and not force:
+            canaries = [c.alias for c in tx.canaries_to(row.name, row.version)]
+            if (aliases or canaries) and not force:
                 names = ", ".join(f"{row.name}@{a}" for a in aliases)
+                names += ", ".join(f"the canary of {row.name}@{a}" for a in canaries)
                 raise ChangeRefusedError(
                     f"{row.name}@{row.version} is the target of {names}; "
                     "move the alias first or force the removal"
                 )
             at = _now()
+            for alias in sorted({*aliases, *canaries}):
+                # A canary without its alias, or pointing at a removed version, is void.
+                if tx.canary(row.name, alias) is not None:
+                    tx.drop_canary(row.name, alias)
             for alias in aliases:
                 tx.drop_alias(row.name, alias, at)
             tx.delete_version(row.name, row.version)
+            tx.audit(
+                at,
+                actor or default_actor(),
+                "remove",
+                f"{row.name}@{row.version}",
+                {"version": row.version, "aliases": aliases, "canary_of": canaries},
+                None,
+            )
         # After the commit: a crash here leaves an uncatalogued folder that the next sweep
         # removes, never a catalogued version without its files.
         self._blobs.discard(row.name, row.version)

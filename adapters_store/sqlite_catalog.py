@@ -24,9 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "AliasEvent", "CatalogTx", "SqliteCatalog", "VersionRow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "AliasEvent",
+    "AuditEntry",
+    "CanaryRow",
+    "CatalogTx",
+    "SqliteCatalog",
+    "VersionRow",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A publisher holds the write lock only to allocate a version, move one folder and insert a
 # few rows; waiting up to this long for it is far beyond any healthy contention.
 _BUSY_TIMEOUT_MS = 30_000
@@ -77,6 +85,39 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
 
+# Statements that bring a catalog from version N-1 to N, run one by one (trigger bodies hold
+# `;`, so they cannot go through `_SCHEMA`'s split) inside the opening write transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        # The audit trail. Append-only: the triggers refuse any UPDATE or DELETE, so no
+        # command (nor a bug in one) can rewrite history through this catalog's API.
+        """CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            before TEXT,
+            after TEXT
+        )""",
+        """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+        """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END""",
+        # A canary rides on an alias: `name@alias` keeps its stable target in `aliases`, and
+        # `percent` of its callers go to `version` instead until promotion or rollback.
+        """CREATE TABLE IF NOT EXISTS canaries (
+            name TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            percent INTEGER NOT NULL CHECK (percent BETWEEN 1 AND 100),
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (name, alias),
+            FOREIGN KEY (name, version) REFERENCES versions (name, version)
+        )""",
+    ),
+}
+
 
 @dataclass(frozen=True)
 class VersionRow:
@@ -89,6 +130,27 @@ class VersionRow:
     card: dict[str, Any]
     files: dict[str, str]
     aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded change; `before`/`after` are JSON values (None: nothing there)."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    subject: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class CanaryRow:
+    name: str
+    alias: str
+    version: int
+    percent: int
 
 
 @dataclass(frozen=True)
@@ -231,6 +293,75 @@ class CatalogTx:
             params += (alias,)
         return [AliasEvent(*row) for row in self._conn.execute(sql + " ORDER BY id", params)]
 
+    # -- canaries -------------------------------------------------------------------------
+    def canary(self, name: str, alias: str) -> CanaryRow | None:
+        row = self._conn.execute(
+            "SELECT name, alias, version, percent FROM canaries WHERE name = ? AND alias = ?",
+            (name, alias),
+        ).fetchone()
+        return None if row is None else CanaryRow(*row)
+
+    def canaries_to(self, name: str, version: int) -> list[CanaryRow]:
+        rows = self._conn.execute(
+            "SELECT name, alias, version, percent FROM canaries WHERE name = ? AND version = ?"
+            " ORDER BY alias",
+            (name, version),
+        )
+        return [CanaryRow(*r) for r in rows]
+
+    def set_canary(self, name: str, alias: str, version: int, percent: int, at: str) -> None:
+        self._conn.execute(
+            "INSERT INTO canaries (name, alias, version, percent, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name, alias) DO UPDATE SET"
+            " version = excluded.version, percent = excluded.percent,"
+            " updated_at = excluded.updated_at",
+            (name, alias, version, percent, at),
+        )
+        self._bump()
+
+    def drop_canary(self, name: str, alias: str) -> None:
+        self._conn.execute("DELETE FROM canaries WHERE name = ? AND alias = ?", (name, alias))
+        self._bump()
+
+    # -- audit trail ----------------------------------------------------------------------
+    def audit(
+        self, at: str, actor: str, action: str, subject: str, before: Any, after: Any
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO audit (at, actor, action, subject, before, after)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                at,
+                actor,
+                action,
+                subject,
+                None if before is None else json.dumps(before, sort_keys=True),
+                None if after is None else json.dumps(after, sort_keys=True),
+            ),
+        )
+
+    def audit_entries(self, subject_name: str | None = None) -> list[AuditEntry]:
+        """Oldest first; with `subject_name`, the entries about that name (any `@suffix`)."""
+        sql = "SELECT id, at, actor, action, subject, before, after FROM audit"
+        params: tuple[Any, ...] = ()
+        if subject_name is not None:
+            sql += " WHERE subject = ? OR substr(subject, 1, ?) = ?"
+            params = (subject_name, len(subject_name) + 1, subject_name + "@")
+        return [
+            AuditEntry(
+                id=i,
+                at=at,
+                actor=actor,
+                action=action,
+                subject=subject,
+                before=None if before is None else json.loads(before),
+                after=None if after is None else json.loads(after),
+            )
+            for i, at, actor, action, subject, before, after in self._conn.execute(
+                sql + " ORDER BY id", params
+            )
+        ]
+
     # -- change feed ----------------------------------------------------------------------
     def generation(self) -> int:
         (value,) = self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
@@ -315,12 +446,19 @@ class SqliteCatalog:
         # store sweeps a blob folder whose commit was lost.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                # Re-read under the lock: another process may have just migrated it.
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                if current == 0:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
+                            conn.execute(statement)
+                    current = 1
+                if current < SCHEMA_VERSION:
+                    for version in range(current + 1, SCHEMA_VERSION + 1):
+                        for statement in _MIGRATIONS[version]:
                             conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")

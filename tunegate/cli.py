@@ -27,6 +27,7 @@ _COMMANDS = [
     "distill",
     "eval",
     "store",
+    "audit",
     "config",
     "serve",
     "worker",

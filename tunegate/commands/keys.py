@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tunegate.config import Settings
 
 if TYPE_CHECKING:
-    from gateway.auth import KeyStore
+    from gateway.auth import ApiKey, KeyStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,6 +66,18 @@ def _table(settings: Settings) -> KeyStore:
     return KeyStore(auth.keys_path or settings.home / "keys.sqlite3")
 
 
+def _scope(key: ApiKey) -> dict[str, object]:
+    return {"adapters": list(key.adapters), "rpm": key.rpm, "tpm": key.tpm, "admin": key.admin}
+
+
+def _audit(settings: Settings, action: str, name: str, before: object, after: object) -> None:
+    """Key changes go to the store's audit trail beside the artifact changes. The key table
+    is another file, so a crash between the two writes can lose this entry, never a key."""
+    from adapters_store import Store
+
+    Store.open(settings).record(action, f"key:{name}", before, after)
+
+
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     configured = [k.name for k in settings.gateway.auth.configured()]
     key, secret = _table(settings).create(
@@ -76,6 +88,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         admin=args.admin,
         reserved=configured,
     )
+    _audit(settings, "key.create", key.name, None, _scope(key))
     print(secret)
     print(
         f"created key {key.name!r} (adapters: {', '.join(key.adapters) or '-'}; "
@@ -126,5 +139,6 @@ def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     if args.name in {k.name for k in settings.gateway.auth.configured()}:
         raise ValueError(f"key {args.name!r} is configured in gateway.auth.keys: remove it there")
     key = _table(settings).revoke(args.name)
+    _audit(settings, "key.revoke", key.name, _scope(key), None)
     print(f"revoked key {key.name!r}")
     return 0

@@ -1,4 +1,5 @@
-"""`tunegate store`: publish, list, show, alias, roll back, remove and verify artifacts."""
+"""`tunegate store`: publish, list, show, alias (and canary), promote, roll back, remove and
+verify artifacts. Every change lands in the audit trail (`tunegate audit`)."""
 
 from __future__ import annotations
 
@@ -45,10 +46,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     alias = cmds.add_parser("alias", help="point NAME@ALIAS at REF; prints the previous target")
     alias.add_argument("ref", help="the version to point at, e.g. telecom@3")
     alias.add_argument("alias", help="alias name, e.g. prod")
+    alias.add_argument(
+        "--canary",
+        type=int,
+        metavar="PERCENT",
+        help="keep the alias's target and send this share (1-100) of its callers to REF",
+    )
     alias.set_defaults(func=_alias)
 
-    rollback = cmds.add_parser("rollback", help="point NAME@ALIAS back at its previous target")
-    rollback.add_argument("ref", help="alias reference, e.g. telecom@prod")
+    promote = cmds.add_parser("promote", help="make the canary of NAME@ALIAS its target")
+    promote.add_argument("ref", help="NAME (meaning NAME@prod) or NAME@ALIAS")
+    promote.set_defaults(func=_promote)
+
+    rollback = cmds.add_parser(
+        "rollback",
+        help="point NAME@ALIAS back at its previous target (during a canary: end the canary)",
+    )
+    rollback.add_argument("ref", help="NAME (meaning NAME@prod) or NAME@ALIAS")
     rollback.set_defaults(func=_rollback)
 
     remove = cmds.add_parser("remove", help="remove one version (refused while aliased)")
@@ -138,6 +152,13 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _alias(args: argparse.Namespace, settings: Settings) -> int:
     store = _open(settings)
+    if args.canary is not None:
+        canary = store.set_canary(args.ref, args.alias, args.canary)
+        print(
+            f"{canary.ref} -> {canary.stable.ref}, canary {canary.canary.ref} "
+            f"for {canary.percent}% of callers"
+        )
+        return 0
     previous = store.set_alias(args.ref, args.alias)
     target = store.resolve(args.ref)
     was = previous.ref if previous is not None else "none"
@@ -145,9 +166,17 @@ def _alias(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    target = _open(settings).promote(args.ref)
+    alias = args.ref if "@" in args.ref else f"{args.ref}@prod"
+    print(f"{alias} -> {target.ref}")
+    return 0
+
+
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     target = _open(settings).rollback_alias(args.ref)
-    print(f"{args.ref} -> {target.ref}")
+    alias = args.ref if "@" in args.ref else f"{args.ref}@prod"
+    print(f"{alias} -> {target.ref}")
     return 0
 
 
