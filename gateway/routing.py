@@ -8,13 +8,22 @@ while it is used and evicts it LRU; a `model` artifact gets its own engine (see
 store's change counter and a publish or alias move invalidates the cache, so the next request
 after it is routed to the new version while in-flight requests keep the adapter they started
 with.
+
+Canaries: while the store runs a canary on an alias (`tunegate store alias NAME@V prod
+--canary 30`), a request for `NAME@prod` goes to the canary version for 30% of callers. Who is
+a caller is the `sticky` id (the API key and the request's `user` field, see `sticky_id`):
+the same id always lands in the same bucket, so a user sees one version for the whole canary.
+The answering version is the target's `artifact`, which names the response header and the
+accounting record, so each version's figures stay apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +37,7 @@ if TYPE_CHECKING:
     from adapters_store.catalog import ArtifactVersion, Store
     from gateway.model_engines import ModelEngines
 
-__all__ = ["ModelRouter", "ServedModel", "Target"]
+__all__ = ["ModelRouter", "ServedModel", "Target", "canary_bucket", "sticky_id"]
 
 log = logging.getLogger("tunegate.gateway")
 
@@ -58,10 +67,45 @@ class ServedModel:
     max_model_len: int | None = None
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What one `model` resolves to: a target, and a canary taking `percent` of callers."""
+
+    stable: Target
+    canary: Target | None = None
+    percent: int = 0
+
+    @property
+    def cacheable(self) -> bool:
+        # `model` artifacts' engines come and go; only stable routes are cached.
+        return all(t is None or t.kind != "model" for t in (self.stable, self.canary))
+
+    def pick(self, model: str, sticky: str | None) -> Target:
+        if self.canary is None:
+            return self.stable
+        # No id to stick to: each request is its own caller (an unbiased split still).
+        bucket = canary_bucket(model, sticky) if sticky else secrets.randbelow(100)
+        return self.canary if bucket < self.percent else self.stable
+
+
+def canary_bucket(model: str, sticky: str) -> int:
+    """0..99, the same for the same caller and alias; salted by the alias so that one
+    caller is not in the canary group of every artifact at once."""
+    digest = hashlib.sha256(f"{model}\n{sticky}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def sticky_id(key_id: str | None, user: str | None) -> str | None:
+    """Whom a canary sticks to: the request's `user` (within its key), else the key."""
+    if user:
+        return f"{key_id or ''}/{user}"
+    return key_id
+
+
 @dataclass
 class _Cache:
     generation: int | None = None
-    targets: dict[str, Target] = field(default_factory=dict)
+    targets: dict[str, _Route] = field(default_factory=dict)
     listing: list[ServedModel] | None = None
 
 
@@ -150,16 +194,28 @@ class ModelRouter:
 
     # ------------------------------------------------------------------ resolving
 
-    async def resolve(self, model: str) -> Target:
+    async def resolve(self, model: str, sticky: str | None = None) -> Target:
+        """The target for `model`; `sticky` (see `sticky_id`) decides canary membership."""
         cache = self._cache
-        target = cache.targets.get(model)
-        if target is not None:
-            return target
-        target = await self._resolve_uncached(model)
-        # `model` artifacts' engines come and go; only stable routes are cached.
-        if target.kind != "model":
-            cache.targets[model] = target
-        return target
+        route = cache.targets.get(model)
+        if route is None:
+            route = await self._route_uncached(model)
+            if route.cacheable:
+                cache.targets[model] = route
+        return route.pick(model, sticky)
+
+    async def _route_uncached(self, model: str) -> _Route:
+        stable = await self._resolve_uncached(model)
+        if stable.kind == "base" or "@" not in model or model.startswith(FT_PREFIX):
+            return _Route(stable)
+        assert self.store is not None
+        found = await asyncio.to_thread(self.store.canary, model)
+        # Read after the stable target: if the alias moved in between, the next
+        # generation change re-reads both; never pair a canary with another stable.
+        if found is None or found.stable.ref != stable.artifact:
+            return _Route(stable)
+        canary = await self._target_for(model, found.canary)
+        return _Route(stable, canary, found.percent)
 
     async def _resolve_uncached(self, model: str) -> Target:
         engine = self.bases.get(model)

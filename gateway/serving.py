@@ -44,7 +44,7 @@ from gateway.errors import (
     ServerError,
 )
 from gateway.protocol import CompletionUsage, PromptTokensDetails
-from gateway.routing import ModelRouter, Target
+from gateway.routing import ModelRouter, Target, sticky_id
 from gateway.telemetry import ARTIFACT, RequestMetrics, Telemetry
 
 if TYPE_CHECKING:
@@ -440,7 +440,7 @@ class GenerationServing:
             # Exactly the answer for a model that does not exist: nothing tells a key
             # which adapters other tenants have.
             raise ModelNotFoundError(router.not_found_message(body.model))
-        target = await router.resolve(body.model)
+        target = await router.resolve(body.model, sticky_id(tracker.key_id, body.user))
         tracker.target = target
         if not target.engine.healthy:
             raise EngineUnavailableError(
