@@ -24,6 +24,7 @@ from gateway.completions import CompletionServing, create_completion
 from gateway.config import EngineConfig
 from gateway.engine import Engine, EngineSpec
 from gateway.errors import exception_handlers
+from gateway.feedback import FeedbackStore, post_feedback
 from gateway.finetune import FINETUNE_ROUTES, FinetuneAPI
 from gateway.model_engines import ModelEngines
 from gateway.models import list_models, retrieve_model
@@ -122,6 +123,7 @@ def create_app(
             list_models,
             retrieve_model,
             get_usage,
+            post_feedback,
             health,
             metrics,
             *FINETUNE_ROUTES,
@@ -139,6 +141,7 @@ def create_app(
         debug=False,
     )
     app.state.services = services
+    app.state.feedback = FeedbackStore(accounting_path(settings))
     app.state.watchdog = watchdog
     app.state.chat = ChatServing(services)
     app.state.completions = CompletionServing(services)
