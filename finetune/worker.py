@@ -301,7 +301,13 @@ class Worker:
         store = Store.open(self.settings)
         try:
             version = store.publish(
-                run.output_dir, run.recipe.name, kind="lora", base=run.base.id, card=card
+                run.output_dir,
+                run.recipe.name,
+                kind="lora",
+                base=run.base.id,
+                card=card,
+                # The audit trail names the key that asked for the job (the OS user without).
+                actor=job.owner,
             )
         finally:
             store.close()
