@@ -21,6 +21,9 @@ def test_canary_promote_rollback_and_keys_are_audited(
     assert ok("store", "alias", "telecom@2", "prod", "--canary", "50").strip() == (
         "telecom@prod -> telecom@1, canary telecom@2 for 50% of callers"
     )
+    shown = ok("store", "show", "telecom@prod").splitlines()
+    assert shown[0].startswith("telecom@1 ")  # the alias keeps its stable target
+    assert "canary:     telecom@2 (50% of telecom@prod's callers)" in shown
     assert ok("store", "promote", "telecom").strip() == "telecom@prod -> telecom@2"
     assert ok("store", "rollback", "telecom").strip() == "telecom@prod -> telecom@1"
     ok("keys", "create", "acme", "--adapters", "telecom")

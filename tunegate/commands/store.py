@@ -132,14 +132,21 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    v = _open(settings).resolve(args.ref)
+    store = _open(settings)
+    v = store.resolve(args.ref)
+    canary = store.canary(args.ref)
     if args.json:
-        print(json.dumps(_as_json(v), indent=2))
+        row = _as_json(v)
+        if canary is not None:
+            row["canary"] = {"ref": canary.canary.ref, "percent": canary.percent}
+        print(json.dumps(row, indent=2))
         return 0
     print(f"{v.ref}  ({v.kind} on {v.base}, uid {v.uid})")
     print(f"path:       {v.path}")
     print(f"created_at: {v.created_at}")
     print(f"aliases:    {', '.join(v.aliases) or '-'}")
+    if canary is not None:
+        print(f"canary:     {canary.canary.ref} ({canary.percent}% of {canary.ref}'s callers)")
     card = {k: val for k, val in v.card.items() if k not in ("files", "base", "kind", "created_at")}
     for key, value in sorted(card.items()):
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
