@@ -74,13 +74,17 @@ def ensure_base(models_dir: Path, base_id: str) -> BaseModel:
 
 def prepare_data(recipe: Recipe, home: Path, echo: Printer = print) -> DataFiles:
     """Resolve the recipe's data files; generate a task's demo data where they are absent."""
-    # Generated data lives in a folder named by the generator's inputs, so a recipe with other
-    # sizes or another seed never silently reuses files made for a different one.
+    # Generated data lives in a folder named by the generator's inputs (and revision), so a
+    # recipe with other sizes, another seed or a changed generator never silently reuses
+    # files made for a different one.
     default_dir = (
         home
         / "data"
         / recipe.task
-        / f"seed{recipe.data_seed}-{recipe.n_train}-{recipe.n_valid}-{recipe.n_test}"
+        / (
+            f"seed{recipe.data_seed}-{recipe.n_train}-{recipe.n_valid}-{recipe.n_test}"
+            f"-{get_task(recipe.task).fingerprint}"
+        )
         if recipe.task
         else None
     )

@@ -135,3 +135,20 @@ def test_write_demo_writes_valid_files_and_never_overwrites(tmp_path: Path) -> N
     with pytest.raises(FileExistsError):
         task.write_demo(tmp_path / "d", sizes={"train": 5})
     assert paths["train"].read_bytes() == before  # type: ignore[index]
+
+
+def test_generated_data_folder_names_the_generator_revision(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tuner.recipe import Recipe
+    from tuner.train import prepare_data
+
+    task = get_task("telecom-routing")
+    assert task.fingerprint == get_task("telecom-routing").fingerprint
+    assert len({get_task(n).fingerprint for n in TASKS}) == len(TASKS)
+    changed = dataclasses.replace(task.spec, lowercase_rate=0.5)
+    assert dataclasses.replace(task, spec=changed).fingerprint != task.fingerprint
+    recipe = Recipe(name="t", task="telecom-routing", n_train=8, n_valid=0, n_test=8)
+    files = prepare_data(recipe, tmp_path, echo=lambda _: None)
+    assert files.train.parent.name == f"seed0-8-0-8-{task.fingerprint}"
+    assert files.train.is_file() and files.test is not None and files.test.is_file()
