@@ -36,9 +36,12 @@ START_TIMEOUT_S = 600.0
 AdapterMaker = Callable[..., Path]
 
 
-def make_peft_adapter(base: BaseModel, dest: Path, seed: int, r: int = 8) -> Path:
-    """A PEFT LoRA on every linear layer of `base`, with random non-zero lora_B so that it
-    really changes the output (PEFT initialises B to zero, which would change nothing)."""
+def make_peft_adapter(
+    base: BaseModel, dest: Path, seed: int, r: int = 8, scale: float = 0.5
+) -> Path:
+    """A PEFT LoRA on every linear layer of `base`, with random non-zero lora_B (std `scale`)
+    so that it really changes the output (PEFT initialises B to zero, which would change
+    nothing)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -63,7 +66,7 @@ def make_peft_adapter(base: BaseModel, dest: Path, seed: int, r: int = 8) -> Pat
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.normal_(0.0, 0.5)
+                param.normal_(0.0, scale)
     peft_model.save_pretrained(dest)
     return dest
 
