@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from adapters_store.bases import BaseModel
 from tuner.backends import ModelSpec
 from tuner.config import TunerConfig
-from tuner.data import IGNORE_INDEX, dataset_sha256, load_conversations, render_prompt
+from tuner.data import IGNORE_INDEX, dataset_sha256, render_prompt
 from tuner.evaluate import EvalResult, load_cases, with_system_prompt
 from tuner.hardware import configure_threads, resolve_precision
 from tuner.pipeline import _store, build_card, evaluate_run, trained_system_prompt
@@ -53,11 +51,11 @@ from tuner.train import (
     RunResult,
     TrainingError,
     _build_trainer,
-    _encode,
     _last_checkpoint,
-    _new_run_dir,
     _plot_loss,
     ensure_base,
+    load_datasets,
+    open_run_dir,
     prepare_data,
 )
 
@@ -241,17 +239,6 @@ def _distill_trainer_class(teacher: Any, recipe: Recipe) -> Any:
     return DistillTrainer
 
 
-def _run_dir(recipe: Recipe, home: Path, resume: Path | None) -> Path:
-    if resume is None:
-        run_dir = _new_run_dir(home / "runs", recipe.name)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        return run_dir
-    saved = yaml.safe_load((resume / "recipe.yaml").read_text())
-    if saved != recipe.to_dict():
-        raise TrainingError(f"{resume} was distilled with another recipe; cannot resume it")
-    return resume
-
-
 def measure_decode(
     models: Mapping[str, Any],
     prompts: Sequence[Sequence[int]],
@@ -340,7 +327,6 @@ def distill(
 ) -> DistillOutcome:
     """Distil `recipe.teacher` into a student; evaluate both; publish the student."""
     import torch
-    from transformers import AutoTokenizer
 
     if recipe.method != "distill" or recipe.teacher is None:
         raise TrainingError(
@@ -354,19 +340,8 @@ def distill(
         echo(f"note: base is the teacher's, {teacher_base.id} (the recipe says {recipe.base})")
     data = prepare_data(recipe, home, echo)
     configure_threads(config.threads, echo)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_base.path)
-    context = int(teacher_base.hf_config().get("max_position_embeddings") or recipe.max_length)
-    max_length = min(recipe.max_length, context)
-    train_rows, _ = load_conversations(data.train, tokenizer, max_length)
-    valid_rows = (
-        load_conversations(data.valid, tokenizer, max_length)[0]
-        if data.valid is not None and recipe.eval_valid
-        else []
-    )
-    train_set = [_encode(tokenizer, r) for r in train_rows]
-    valid_set = [_encode(tokenizer, r) for r in valid_rows]
-
-    run_dir = _run_dir(recipe, home, resume)
+    tokenizer, train_set, valid_set = load_datasets(recipe, teacher_base, data)
+    run_dir = open_run_dir(recipe, home, resume, "distilled")
     echo(f"run folder: {run_dir}")
     precision = resolve_precision(recipe.precision)
     # The student trains in fp32 master weights (bf16 autocast where native), as a full

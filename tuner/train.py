@@ -30,7 +30,16 @@ from tuner.prefix import pad_batch, prefix_forward
 from tuner.recipe import Recipe
 from tuner.tasks import get_task
 
-__all__ = ["DataFiles", "RunResult", "TrainingError", "ensure_base", "prepare_data", "train"]
+__all__ = [
+    "DataFiles",
+    "RunResult",
+    "TrainingError",
+    "ensure_base",
+    "load_datasets",
+    "open_run_dir",
+    "prepare_data",
+    "train",
+]
 
 Printer = Callable[[str], None]
 
@@ -154,29 +163,9 @@ def train(
     base = ensure_base(home / "models", recipe.base)
     data = prepare_data(recipe, home, echo)
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    context = int(base.hf_config().get("max_position_embeddings") or recipe.max_length)
-    max_length = min(recipe.max_length, context)
     # Invalid data is refused here, before a model is loaded, with the validator's messages.
-    train_rows, _ = load_conversations(data.train, tokenizer, max_length)
-    valid_rows = (
-        load_conversations(data.valid, tokenizer, max_length)[0]
-        if data.valid is not None and recipe.eval_valid
-        else []
-    )
-    train_set = [_encode(tokenizer, r) for r in train_rows]
-    valid_set = [_encode(tokenizer, r) for r in valid_rows]
-
-    if resume is not None:
-        run_dir = resume
-        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        if saved != recipe.to_dict():
-            raise TrainingError(f"{run_dir} was trained with another recipe; cannot resume it")
-    else:
-        run_dir = _new_run_dir(home / "runs", recipe.name)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    tokenizer, train_set, valid_set = load_datasets(recipe, base, data)
+    run_dir = open_run_dir(recipe, home, resume, "trained")
     echo(f"run folder: {run_dir}")
 
     model = _load_model(recipe, base, torch)
@@ -235,6 +224,41 @@ def train(
         else f"trained {tokens} tokens in {seconds:.1f} s: {speed:.0f} tokens/s"
     )
     return result
+
+
+def load_datasets(
+    recipe: Recipe, base: BaseModel, data: DataFiles
+) -> tuple[Any, list[dict[str, list[int]]], list[dict[str, list[int]]]]:
+    """(tokenizer, encoded train rows, encoded valid rows) for `recipe` on `base`; invalid
+    data raises with the validator's messages."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    context = int(base.hf_config().get("max_position_embeddings") or recipe.max_length)
+    max_length = min(recipe.max_length, context)
+    train_rows, _ = load_conversations(data.train, tokenizer, max_length)
+    valid_rows = (
+        load_conversations(data.valid, tokenizer, max_length)[0]
+        if data.valid is not None and recipe.eval_valid
+        else []
+    )
+    return (
+        tokenizer,
+        [_encode(tokenizer, r) for r in train_rows],
+        [_encode(tokenizer, r) for r in valid_rows],
+    )
+
+
+def open_run_dir(recipe: Recipe, home: Path, resume: Path | None, verb: str) -> Path:
+    """A new run folder holding `recipe.yaml`, or `resume` when it ran the same recipe."""
+    if resume is None:
+        run_dir = _new_run_dir(home / "runs", recipe.name)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        return run_dir
+    saved = yaml.safe_load((resume / "recipe.yaml").read_text())
+    if saved != recipe.to_dict():
+        raise TrainingError(f"{resume} was {verb} with another recipe; cannot resume it")
+    return resume
 
 
 def _encode(tokenizer: Any, record: dict[str, Any]) -> dict[str, list[int]]:
