@@ -63,6 +63,10 @@ class PromptTooLongError(InvalidPromptError):
 class EngineRequestError(ValueError):
     """The engine refused the request's parameters (a client error, not an engine fault)."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 class AdapterLoadFailedError(RuntimeError):
     """vLLM could not load an adapter's files (corrupt, unreadable, incompatible)."""
@@ -102,6 +106,8 @@ class GenerationParams:
     frequency_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +303,7 @@ class Engine:
 
     def sampling_params(self, params: GenerationParams) -> SamplingParams:
         """Request values, else the model's generation_config.json, else OpenAI's."""
+        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         values: dict[str, Any] = dict(_OPENAI_DEFAULTS)
@@ -314,11 +321,16 @@ class Engine:
                 seed=params.seed,
                 stop=list(params.stop) or None,
                 max_tokens=params.max_tokens,
+                ignore_eos=params.ignore_eos,
+                min_tokens=params.min_tokens,
                 output_kind=(
                     RequestOutputKind.DELTA if params.stream else RequestOutputKind.FINAL_ONLY
                 ),
                 skip_clone=True,  # made fresh per request
             )
+        except VLLMValidationError as exc:
+            # vLLM's message names the parameter itself; its own class is not a ValueError.
+            raise EngineRequestError(str(exc.args[0]), param=exc.parameter) from exc
         except ValueError as exc:
             raise EngineRequestError(f"invalid sampling parameters: {exc}") from exc
 

@@ -95,6 +95,12 @@ def _check_stop(value: str | list[str] | None) -> list[str]:
 class _Sampling(_Request):
     """Sampling fields shared by both generation endpoints (validated identically)."""
 
+    # vLLM's own extra sampling parameters, as its OpenAI server accepts them (OpenAI
+    # clients send them through `extra_body`): benchmarks and load tests need answers of
+    # a fixed length, whatever the model would have stopped at.
+    ignore_eos: bool | None = None
+    min_tokens: Annotated[int | None, Field(ge=0)] = None
+
     @field_validator("n", check_fields=False)
     @classmethod
     def _only_one_choice(cls, n: int | None) -> int | None:

@@ -312,7 +312,7 @@ def engine_error(exc: Exception, request_id: str) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, EngineRequestError):
-        return BadRequestError(str(exc))
+        return BadRequestError(str(exc), param=exc.param)
     if isinstance(exc, AdapterLoadFailedError):
         return AdapterLoadError(
             f"model {exc} could not be loaded: its files on the server are damaged or "
@@ -463,6 +463,8 @@ class GenerationServing:
             frequency_penalty=body.frequency_penalty,
             seed=body.seed,
             stop=tuple(body.stop_list),
+            ignore_eos=bool(body.ignore_eos),
+            min_tokens=body.min_tokens or 0,
         )
         return _Prepared(target=target, prompt=prompt, params=params)
 

@@ -132,10 +132,16 @@ def _wait_idle(gateway: RunningGateway) -> int:
 def test_client_disconnect_aborts_the_engine_request(gateway: RunningGateway, stream: bool) -> None:
     assert _wait_idle(gateway) == 0
     started = time.time()
-    # A raw completion prompt: the random model ends chat answers (with the assistant turn
-    # opened) within a few tokens, before a disconnect could happen; both endpoints share
-    # the disconnect handling (GenerationServing).
-    body = {"model": TINY, "prompt": "Name three colours.", "max_tokens": 480, "stream": stream}
+    # The random model may sample its end-of-text token at any step, and a quiet machine
+    # decodes its tiny layers fast: `ignore_eos` (vLLM's extra parameter) keeps the request
+    # generating for all of its max_tokens, long past the disconnect below.
+    body = {
+        "model": TINY,
+        "prompt": "Name three colours.",
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "stream": stream,
+    }
     with httpx.Client(base_url=gateway.url, timeout=60) as client:
         if stream:
             with client.stream("POST", "/v1/completions", json=body) as response:

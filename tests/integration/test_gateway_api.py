@@ -116,6 +116,32 @@ def test_completions_endpoint(gateway: RunningGateway) -> None:
     assert sum(1 for _ in streamed) >= 1
 
 
+def test_vllm_length_parameters(gateway: RunningGateway) -> None:
+    """vLLM's `ignore_eos` and `min_tokens` (sent as OpenAI clients send extras) reach the
+    sampler: the answer is exactly max_tokens long; a bad pair is a 400, not a 500."""
+    client = _client(gateway)
+    for endpoint in ("completions", "chat"):
+        if endpoint == "completions":
+            reply = client.completions.create(
+                model="alpha", prompt="Hi", max_tokens=40, extra_body={"ignore_eos": True}
+            )
+        else:
+            reply = client.chat.completions.create(  # type: ignore[assignment]
+                model=TINY, messages=USER, max_tokens=40, extra_body={"min_tokens": 40}
+            )
+        assert reply.usage is not None and reply.usage.completion_tokens == 40, endpoint
+        assert reply.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(
+            model=TINY, prompt="Hi", max_tokens=4, extra_body={"min_tokens": 9}
+        )
+    assert "min_tokens" in info.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(
+            model=TINY, prompt="Hi", max_tokens=4, extra_body={"min_tokens": -1}
+        )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "param"),
     [
