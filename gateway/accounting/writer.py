@@ -1,4 +1,8 @@
-"""Records leave the request path through a queue; one thread writes them in batches."""
+"""Records leave the request path through a queue; one thread writes them in batches.
+
+Generic over the record type: accounting records and captured content (gateway/capture)
+use one writer each.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
-from gateway.accounting.records import UsageRecord, UsageSink
+__all__ = ["BatchWriter", "RecordSink"]
 
-__all__ = ["BatchWriter"]
+R = TypeVar("R")
+R_contra = TypeVar("R_contra", contravariant=True)
 
 log = logging.getLogger("tunegate.gateway")
 
@@ -26,21 +33,33 @@ class _Flush:
         self.done = threading.Event()
 
 
-class BatchWriter:
+class RecordSink(Protocol[R_contra]):
+    """Where a writer's batches go (called from the writer's one thread)."""
+
+    def write(self, records: Sequence[R_contra]) -> None: ...
+
+
+class BatchWriter(Generic[R]):
     """`submit` never blocks; records reach the sink within `interval_s`."""
 
-    def __init__(self, sink: UsageSink, interval_s: float = 0.5, batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        sink: RecordSink[R],
+        interval_s: float = 0.5,
+        batch_size: int = 256,
+        name: str = "accounting-writer",
+    ) -> None:
         self.sink = sink
         self.interval_s = interval_s
         self.batch_size = batch_size
-        self._queue: queue.SimpleQueue[UsageRecord | _Flush | None] = queue.SimpleQueue()
-        self._backlog: deque[UsageRecord] = deque()
+        self._queue: queue.SimpleQueue[R | _Flush | None] = queue.SimpleQueue()
+        self._backlog: deque[R] = deque()
         self._dropped = 0
-        self._thread = threading.Thread(target=self._run, name="accounting-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
         self._thread.start()
 
-    def submit(self, record: UsageRecord) -> None:
+    def submit(self, record: R) -> None:
         if self._closed:
             # After close there is no thread to hand it to: write it here, once.
             self.sink.write([record])
@@ -95,10 +114,10 @@ class BatchWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, UsageRecord):
-                self._backlog.append(item)
-            elif isinstance(item, _Flush):
+            if isinstance(item, _Flush):
                 item.done.set()
+            elif item is not None:
+                self._backlog.append(item)
         self._write_backlog()
 
     def _write_backlog(self) -> bool:
