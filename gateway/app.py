@@ -8,6 +8,7 @@ engines and writes every pending accounting record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ from litestar.openapi import OpenAPIConfig
 
 from gateway.accounting import BatchWriter, PriceBook, open_sink
 from gateway.auth import Auth, auth_middleware
+from gateway.capture import Capturer, CaptureStore, captures_path
+from gateway.capture.router import CAPTURE_ROUTES
 from gateway.chat import ChatServing, create_chat_completion
 from gateway.completions import CompletionServing, create_completion
 from gateway.config import EngineConfig
@@ -82,6 +85,11 @@ def create_app(
     )
     router = ModelRouter(bases, store, poll_s=config.store_poll_s, model_engines=model_engines)
     sink = open_sink(accounting_path(settings))
+    capturer = Capturer(
+        config.capture,
+        CaptureStore(captures_path(settings)),
+        flush_interval_s=config.accounting.flush_interval_s,
+    )
     services = Services(
         config=config,
         router=router,
@@ -95,11 +103,13 @@ def create_app(
         prices=PriceBook(config.accounting),
         admission=Admission(config.max_pending, config.max_pending_tokens),
         auth=Auth(config.auth, settings.home),
+        capture=capturer,
     )
     watchdog = EngineWatchdog(bases, services.admission)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        purges: asyncio.Task[None] | None = None
         try:
             for engine in bases.values():
                 await engine.start()
@@ -110,9 +120,13 @@ def create_app(
                     log.exception("the store could not be read; adapters are unavailable")
                 router.start_watching()
             watchdog.start()
+            # Expired captures go at start-up, then every capture.purge_interval_s.
+            purges = asyncio.create_task(capturer.purge_forever())
             log.info("gateway ready: serving %s", ", ".join(bases))
             yield
         finally:
+            if purges is not None:
+                purges.cancel()
             await watchdog.close()
             await _shutdown(services, bases, model_engines)
 
@@ -127,6 +141,7 @@ def create_app(
             health,
             metrics,
             *FINETUNE_ROUTES,
+            *CAPTURE_ROUTES,
         ],
         exception_handlers=exception_handlers,
         middleware=[auth_middleware()],
@@ -141,6 +156,7 @@ def create_app(
         debug=False,
     )
     app.state.services = services
+    app.state.capturer = capturer
     app.state.feedback = FeedbackStore(accounting_path(settings))
     app.state.watchdog = watchdog
     app.state.chat = ChatServing(services)
@@ -166,4 +182,6 @@ async def _shutdown(
         model_engines.shutdown()
     services.writer.close()
     services.sink.close()
+    if services.capture is not None:
+        services.capture.close()
     services.telemetry.shutdown()

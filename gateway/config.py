@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.config import AuthConfig
+from gateway.capture.config import CaptureConfig
 
 __all__ = ["AccountingConfig", "EngineConfig", "GatewayConfig", "Price"]
 
@@ -234,6 +235,7 @@ class GatewayConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

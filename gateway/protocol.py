@@ -39,6 +39,7 @@ __all__ = [
 # Generous but bounded: a request can never make the server allocate without limit.
 _MAX_STOP = 4
 _MAX_MESSAGES = 4096
+_MAX_METADATA, _MAX_METADATA_KEY, _MAX_METADATA_VALUE = 16, 64, 512
 
 
 class _Request(BaseModel):
@@ -147,15 +148,44 @@ class ChatCompletionRequest(_Sampling):
     frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
     max_tokens: Annotated[int | None, Field(ge=1)] = None
+    # Kept with the completion when it is stored or captured (filters `data from-stored`).
+    metadata: dict[str, str] | None = None
     n: int | None = None
     presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0)] = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    # OpenAI's stored completions: keep this request and its answer (gateway.capture).
+    store: bool | None = False
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float | None, Field(ge=0.0, le=2.0)] = None
     top_p: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
     user: str | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # OpenAI's limits and wording: 16 pairs, keys <= 64 chars, values <= 512 chars.
+        if value is None:
+            return value
+        if len(value) > _MAX_METADATA:
+            raise ValueError(
+                f"Invalid 'metadata': too many properties. Expected an object with at most "
+                f"{_MAX_METADATA} properties, but got an object with {len(value)} properties "
+                "instead."
+            )
+        for key, item in value.items():
+            for what, text, limit in (
+                ("key", key, _MAX_METADATA_KEY),
+                ("value", item, _MAX_METADATA_VALUE),
+            ):
+                if len(text) > limit:
+                    raise ValueError(
+                        f"Invalid 'metadata': {what} {text[:20]!r}... is too long. Expected "
+                        f"a string with maximum length {limit}, but got a string with length "
+                        f"{len(text)} instead."
+                    )
+        return value
 
     @property
     def requested_max_tokens(self) -> int | None:

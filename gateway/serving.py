@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +21,7 @@ from litestar.response import Stream
 
 from gateway.accounting import BatchWriter, PriceBook, Status, UsageRecord, UsageSink
 from gateway.auth import ApiKey, Auth, caller, visible
+from gateway.capture import Capture
 from gateway.config import GatewayConfig
 from gateway.engine import (
     AdapterLoadFailedError,
@@ -49,6 +50,8 @@ from gateway.telemetry import ARTIFACT, RequestMetrics, Telemetry
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+    from gateway.capture import Capturer
 
 __all__ = [
     "ARTIFACT_HEADER",
@@ -139,6 +142,7 @@ class Services:
     prices: PriceBook
     admission: Admission
     auth: Auth
+    capture: Capturer | None = None  # None: nothing is ever captured (tests, tools)
 
 
 class Tracker:
@@ -361,6 +365,10 @@ class GenerationServing:
     def max_tokens_param(self, body: Any) -> str:
         return "max_tokens"
 
+    def captured_request(self, body: Any) -> dict[str, Any]:
+        """What a capture keeps of the request: the prompt as the client sent it."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ the flow
 
     async def serve(self, body: Any, request: Request[Any, Any, Any]) -> Response[Any] | Stream:
@@ -398,9 +406,10 @@ class GenerationServing:
         deltas = engine.generate(
             prepared.prompt, prepared.params, tracker.request_id, prepared.target.adapter
         )
+        keep = self._capture_plan(body, tracker)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = self._stream(tracker, deltas, include_usage, engine)
+            events = self._stream(tracker, deltas, include_usage, engine, keep)
             # Start the generator now (its first event needs no engine step): a started
             # generator runs its `finally` even if the client leaves before litestar
             # iterates it, so the admission slot and the record are never lost.
@@ -428,6 +437,8 @@ class GenerationServing:
             self._release(engine, tracker)
         content = self.response_body(tracker, text, int(tracker.arrival))
         tracker.finish("ok", 200)
+        if keep is not None:
+            keep(text)
         return Response(content=content, media_type="application/json", headers=tracker.headers)
 
     async def _prepare(self, body: Any, tracker: Tracker) -> _Prepared:
@@ -534,16 +545,20 @@ class GenerationServing:
         deltas: AsyncIterator[Delta],
         include_usage: bool,
         engine: Engine,
+        keep: Callable[[str], None] | None = None,
     ) -> AsyncIterator[bytes]:
         fmt = self.stream_chunks(tracker, int(tracker.arrival))
         status: Status = "error"
         http_status = 200
         error: BaseException | None = None
+        parts: list[str] = []  # the assembled answer, only when it is captured
         try:
             yield fmt.first()
             async for delta in deltas:
                 tracker.observe(delta)
                 if delta.text:
+                    if keep is not None:
+                        parts.append(delta.text)
                     yield fmt.delta(delta.text)
                 if delta.finished:
                     yield fmt.finish(delta.finish_reason)
@@ -565,7 +580,48 @@ class GenerationServing:
         finally:
             self._release(engine, tracker)
             tracker.finish(status, http_status, error)
+            if keep is not None and status == "ok":
+                keep("".join(parts))
         yield b"data: [DONE]\n\n"
+
+    def _capture_plan(self, body: Any, tracker: Tracker) -> Callable[[str], None] | None:
+        """How to keep this request's answer, or None when it is not captured: its
+        artifact has no capture rule and it was not sent with `store: true`. Only complete
+        answers are kept (not aborted or failed ones)."""
+        capturer, target = self.services.capture, tracker.target
+        if capturer is None or target is None:
+            return None
+        stored = bool(getattr(body, "store", False))
+        retention_s = capturer.retention_s(target.artifact, stored)
+        if retention_s is None:
+            return None
+
+        def keep(text: str) -> None:
+            try:
+                capturer.submit(
+                    Capture(
+                        request_id=tracker.request_id,
+                        created_at=tracker.arrival,
+                        expires_at=tracker.arrival + retention_s,
+                        key_id=tracker.key_id,
+                        operation=self.operation,
+                        requested_model=tracker.requested_model,
+                        artifact=target.artifact,
+                        request=self.captured_request(body),
+                        system_prompt=target.system_prompt if self.operation == "chat" else None,
+                        response=text,
+                        finish_reason=tracker.finish_reason,
+                        prompt_tokens=tracker.prompt_tokens,
+                        completion_tokens=tracker.completion_tokens,
+                        stored=stored,
+                        metadata=dict(getattr(body, "metadata", None) or {}),
+                    )
+                )
+            except Exception:
+                # A capture must never cost the client its answer.
+                log.exception("capture: could not queue request %s", tracker.request_id)
+
+        return keep
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

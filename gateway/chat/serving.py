@@ -29,6 +29,9 @@ class ChatServing(GenerationServing):
     def max_tokens_param(self, body: ChatCompletionRequest) -> str:
         return "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
 
+    def captured_request(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        return {"messages": [m.model_dump(exclude_none=True) for m in body.messages]}
+
     def response_body(self, tracker: Tracker, text: str, created: int) -> bytes:
         assert tracker.target is not None
         response = ChatCompletionResponse(

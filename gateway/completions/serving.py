@@ -22,6 +22,9 @@ class CompletionServing(GenerationServing):
     async def render(self, body: CompletionRequest, target: Target) -> list[int]:
         return await target.engine.render_text(body.single_prompt)
 
+    def captured_request(self, body: CompletionRequest) -> dict[str, Any]:
+        return {"prompt": body.single_prompt}
+
     def response_body(self, tracker: Tracker, text: str, created: int) -> bytes:
         assert tracker.target is not None
         response = CompletionResponse(

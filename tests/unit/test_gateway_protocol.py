@@ -286,7 +286,8 @@ def test_models_and_openapi(gateway: tuple[TestClient[Any], FakeEngine]) -> None
         schema["paths"]
     )
     _error(client.get("/v1/nothing"), 404)
-    _error(client.get("/v1/chat/completions"), 405)
+    # GET lists stored chat completions (gateway/capture); PUT is no route's method.
+    _error(client.put("/v1/chat/completions"), 405)
 
 
 def test_health(gateway: tuple[TestClient[Any], FakeEngine]) -> None:
