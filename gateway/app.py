@@ -31,6 +31,7 @@ from gateway.feedback import FeedbackStore, post_feedback
 from gateway.finetune import FINETUNE_ROUTES, FinetuneAPI
 from gateway.model_engines import ModelEngines
 from gateway.models import list_models, retrieve_model
+from gateway.monitoring.watch import DriftWatch, store_profiles
 from gateway.routing import ModelRouter
 from gateway.serving import Admission, Services
 from gateway.system import health, metrics
@@ -106,6 +107,8 @@ def create_app(
         capture=capturer,
     )
     watchdog = EngineWatchdog(bases, services.admission)
+    drift = DriftWatch(accounting_path(settings), store_profiles(store), config.monitor)
+    services.telemetry.observe_drift(lambda: drift.snapshot)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -120,6 +123,7 @@ def create_app(
                     log.exception("the store could not be read; adapters are unavailable")
                 router.start_watching()
             watchdog.start()
+            drift.start()
             # Expired captures go at start-up, then every capture.purge_interval_s.
             purges = asyncio.create_task(capturer.purge_forever())
             log.info("gateway ready: serving %s", ", ".join(bases))
@@ -128,6 +132,7 @@ def create_app(
             if purges is not None:
                 purges.cancel()
             await watchdog.close()
+            drift.close()
             await _shutdown(services, bases, model_engines)
 
     app = Litestar(
@@ -159,6 +164,7 @@ def create_app(
     app.state.capturer = capturer
     app.state.feedback = FeedbackStore(accounting_path(settings))
     app.state.watchdog = watchdog
+    app.state.drift = drift
     app.state.chat = ChatServing(services)
     app.state.completions = CompletionServing(services)
     app.state.finetune = FinetuneAPI(settings, list(bases))

@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.auth.config import AuthConfig
 from gateway.capture.config import CaptureConfig
+from gateway.monitoring.config import MonitorConfig
 
 __all__ = ["AccountingConfig", "EngineConfig", "GatewayConfig", "Price"]
 
@@ -42,14 +43,7 @@ class EngineConfig:
         default_factory=list,
         metadata={"doc": "Base model ids to serve, one engine each; empty means [default_base]."},
     )
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "doc": f"Weights dtype: {_DTYPES}; auto is bfloat16 where the hardware computes "
-            "it natively (CUDA, CPUs with AVX-512 BF16 or AMX), else float32 (4x faster "
-            "than emulated bfloat16 on AVX2 CPUs)."
-        },
-    )
+    dtype: str = field(default="bfloat16", metadata={"doc": f"Weights dtype: {_DTYPES}."})
     max_model_len: int = field(
         default=2048, metadata={"doc": "Context length (prompt + completion tokens)."}
     )
@@ -242,6 +236,7 @@ class GatewayConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapters_store.profile import TrainingProfile, card_labels
 from finetune.names import FT_PREFIX, store_name_for
 from gateway.engine import Adapter, Engine
 from gateway.errors import BadRequestError, ModelNotFoundError
@@ -53,6 +54,10 @@ class Target:
     kind: Kind
     adapter: Adapter | None = None
     system_prompt: str | None = None
+    # What monitoring records per request (see adapters_store.profile): the answer's label
+    # when the card has a label set, the prompt's OOV share when it has a training profile.
+    labels: tuple[str, ...] = ()
+    profile: TrainingProfile | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,8 @@ class ModelRouter:
 
     async def _target_for(self, model: str, version: ArtifactVersion) -> Target:
         system_prompt = _system_prompt(version.card)
+        labels = card_labels(version.card)
+        profile = TrainingProfile.from_card(version.card)
         if version.kind == "lora":
             engine = self.bases.get(version.base)
             if engine is None:
@@ -270,6 +277,8 @@ class ModelRouter:
                 # to vLLM, never a stale cache hit.
                 adapter=Adapter(name=version.ref, uid=version.uid, path=version.path),
                 system_prompt=system_prompt,
+                labels=labels,
+                profile=profile,
             )
         if self.model_engines is None:
             raise ModelNotFoundError(
@@ -278,7 +287,12 @@ class ModelRouter:
             )
         engine = await self.model_engines.get(version)
         return Target(
-            engine=engine, artifact=version.ref, kind="model", system_prompt=system_prompt
+            engine=engine,
+            artifact=version.ref,
+            kind="model",
+            system_prompt=system_prompt,
+            labels=labels,
+            profile=profile,
         )
 
     def not_found_message(self, model: str) -> str:

@@ -19,6 +19,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
+from adapters_store.profile import normalise_answer
 from gateway.accounting import BatchWriter, PriceBook, Status, UsageRecord, UsageSink
 from gateway.auth import ApiKey, Auth, caller, visible
 from gateway.capture import Capture
@@ -69,6 +70,9 @@ __all__ = [
 log = logging.getLogger("tunegate.gateway")
 
 ARTIFACT_HEADER = "x-tunegate-artifact"
+# How much of a streamed answer is held to name its label: labels are a few words, and an
+# answer that starts with prose past this is "other" anyway.
+_WATCHED_CHARS = 512
 _SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 T = TypeVar("T")
 
@@ -173,6 +177,9 @@ class Tracker:
         self.queue_ms: float | None = None
         self.ttft_s: float | None = None
         self.finish_reason: str | None = None
+        # Monitoring categories (see UsageRecord): never the prompt or answer text itself.
+        self.answer_label: str | None = None
+        self.prompt_oov_share: float | None = None
         self.span: Span = services.telemetry.start_span(operation, requested_model, request.headers)
         self._finished = False
 
@@ -204,6 +211,11 @@ class Tracker:
             self.queue_ms = delta.queue_ms
         if delta.finished:
             self.finish_reason = delta.finish_reason
+
+    def answered(self, text: str) -> None:
+        """Note the label a complete answer names, for a target with a label set."""
+        if self.target is not None and self.target.labels:
+            self.answer_label = normalise_answer(text, self.target.labels)
 
     def finish(self, status: Status, http_status: int, error: BaseException | None = None) -> None:
         if self._finished:
@@ -238,6 +250,8 @@ class Tracker:
                     http_status=http_status,
                     finish_reason=self.finish_reason,
                     cost_usd=cost,
+                    answer_label=self.answer_label if status == "ok" else None,
+                    prompt_oov_share=self.prompt_oov_share,
                 )
             )
         except Exception:
@@ -436,6 +450,7 @@ class GenerationServing:
         finally:
             self._release(engine, tracker)
         content = self.response_body(tracker, text, int(tracker.arrival))
+        tracker.answered(text)
         tracker.finish("ok", 200)
         if keep is not None:
             keep(text)
@@ -465,6 +480,8 @@ class GenerationServing:
         except InvalidPromptError as exc:
             raise BadRequestError(str(exc), param=self.prompt_param) from None
         tracker.prompt_tokens = len(prompt)
+        if target.profile is not None:
+            tracker.prompt_oov_share = target.profile.oov_share(prompt)
         params = GenerationParams(
             max_tokens=self._max_tokens(body, target.engine, len(prompt)),
             stream=bool(body.stream),
@@ -552,6 +569,9 @@ class GenerationServing:
         http_status = 200
         error: BaseException | None = None
         parts: list[str] = []  # the assembled answer, only when it is captured
+        # Held only to name the answer's label (a label answer is a few words), never stored.
+        watched: list[str] | None = [] if tracker.target and tracker.target.labels else None
+        watched_chars = 0
         try:
             yield fmt.first()
             async for delta in deltas:
@@ -559,11 +579,16 @@ class GenerationServing:
                 if delta.text:
                     if keep is not None:
                         parts.append(delta.text)
+                    if watched is not None and watched_chars < _WATCHED_CHARS:
+                        watched.append(delta.text)
+                        watched_chars += len(delta.text)
                     yield fmt.delta(delta.text)
                 if delta.finished:
                     yield fmt.finish(delta.finish_reason)
             if include_usage:
                 yield fmt.usage()
+            if watched is not None:
+                tracker.answered("".join(watched))
             status = "ok"
         except (asyncio.CancelledError, GeneratorExit) as exc:
             # The client went away (litestar cancels the stream on disconnect); the

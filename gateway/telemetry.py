@@ -9,12 +9,13 @@ metrics/traces specific variable) is set, exported over OTLP/HTTP together with 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -26,9 +27,32 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-__all__ = ["ARTIFACT", "RequestMetrics", "Telemetry", "otlp_enabled"]
+if TYPE_CHECKING:
+    from gateway.monitoring.watch import DriftSnapshot
+
+__all__ = ["ARTIFACT", "FEEDBACK_KIND", "RequestMetrics", "Telemetry", "otlp_enabled"]
 
 ARTIFACT = "tunegate.artifact"
+FEEDBACK_KIND = "tunegate.feedback.kind"
+_DRIFT_GAUGES = [
+    (
+        "tunegate.drift.label_divergence",
+        "label_divergence",
+        "Jensen-Shannon divergence (base 2) of the answer labels over the monitor window "
+        "from the training labels.",
+    ),
+    (
+        "tunegate.drift.prompt_length_divergence",
+        "length_divergence",
+        "Jensen-Shannon divergence of the prompt-length histogram from the training prompts'.",
+    ),
+    (
+        "tunegate.drift.oov_shift",
+        "oov_shift",
+        "Mean share of prompt tokens unseen in training, minus the held-out data's share.",
+    ),
+    ("tunegate.drift.flagged", "flagged", "1 when the window's drift is over its threshold."),
+]
 
 # Bucket boundaries the GenAI semantic conventions recommend for these histograms.
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304]
@@ -117,6 +141,19 @@ class Telemetry:
             unit="{request}",
             description="Generation requests admitted and not finished.",
         )
+        self._meter = meter
+        self.feedback = meter.create_counter(
+            "tunegate.feedback",
+            unit="{feedback}",
+            description="Feedback received per answering artifact, by kind (rating, correction).",
+        )
+        # Ratings are in [-1, 1] and OTel histograms take no negative values: a sum that
+        # moves both ways, over the rating count above, gives the mean score.
+        self.feedback_rating_sum = meter.create_up_down_counter(
+            "tunegate.feedback.rating_sum",
+            unit="1",
+            description="Sum of ratings in [-1, 1] per answering artifact (/ ratings = mean).",
+        )
 
     # ------------------------------------------------------------------ metrics
 
@@ -140,6 +177,34 @@ class Telemetry:
             if m.completion_tokens > 1:
                 tpot = (m.duration_s - m.ttft_s) / (m.completion_tokens - 1)
                 self.time_per_output_token.record(tpot, attrs)
+
+    def record_feedback(
+        self, artifact: str | None, rating: float | None, correction: str | None
+    ) -> None:
+        attrs: dict[str, Any] = {ARTIFACT: artifact} if artifact is not None else {}
+        if rating is not None:
+            self.feedback.add(1, {**attrs, FEEDBACK_KIND: "rating"})
+            self.feedback_rating_sum.add(rating, attrs)
+        if correction:
+            self.feedback.add(1, {**attrs, FEEDBACK_KIND: "correction"})
+
+    def observe_drift(self, snapshot: Callable[[], Mapping[str, DriftSnapshot]]) -> None:
+        """Drift gauges per artifact version, read from `snapshot()` at each collection
+        (the last figures a `DriftWatch` computed; see gateway.monitoring.watch)."""
+
+        def gauge(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_: CallbackOptions) -> Iterable[Observation]:
+                for artifact, figures in snapshot().items():
+                    value = getattr(figures, field)
+                    if value is not None:
+                        yield Observation(float(value), {ARTIFACT: artifact})
+
+            return observe
+
+        for name, field, description in _DRIFT_GAUGES:
+            self._meter.create_observable_gauge(
+                name, callbacks=[gauge(field)], unit="1", description=description
+            )
 
     def exposition(self) -> bytes:
         """Prometheus text format: the gateway's series, then the process-wide ones."""

@@ -28,6 +28,7 @@ _COMMANDS = [
     "eval",
     "store",
     "audit",
+    "monitor",
     "config",
     "serve",
     "worker",

@@ -91,7 +91,20 @@ def build_card(run: RunResult, evaluation: EvalResult | None) -> dict[str, Any]:
         card["labels"] = list(task.labels)
     if evaluation is not None:
         card["metrics"] = evaluation.to_dict()
+    card["profile"] = _training_profile(run, task)
     return card
+
+
+def _training_profile(run: RunResult, task: Task | None) -> dict[str, Any]:
+    """What `tunegate monitor` compares live traffic with (see adapters_store.profile)."""
+    from transformers import AutoTokenizer
+
+    from tuner.profile import profile_training_data
+
+    tokenizer = AutoTokenizer.from_pretrained(run.base.path)
+    heldout = run.data.valid or run.data.test
+    labels = task.labels if task is not None else ()
+    return profile_training_data(run.data.train, tokenizer, labels, heldout).to_card()
 
 
 def evaluate_run(

@@ -34,6 +34,11 @@ class UsageRecord:
     http_status: int
     finish_reason: str | None
     cost_usd: float
+    # Monitoring, without keeping any text: for an artifact whose card has a label set, the
+    # label the answer names (or "other"); for one with a training profile, the share of
+    # prompt tokens its training prompts never used. None when not applicable.
+    answer_label: str | None = None
+    prompt_oov_share: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,16 @@ CREATE TABLE IF NOT EXISTS requests (
     status TEXT NOT NULL,
     http_status INTEGER NOT NULL,
     finish_reason TEXT,
-    cost_usd REAL NOT NULL
+    cost_usd REAL NOT NULL,
+    answer_label TEXT,
+    prompt_oov_share REAL
 );
 CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
 """
+# Columns added after the first release: a database written before them gets them (NULL in
+# old rows) when a newer gateway opens it; an older gateway names its columns in INSERT, so
+# it still writes to a migrated file.
+_ADDED_COLUMNS = {"answer_label": "TEXT", "prompt_oov_share": "REAL"}
 # The grouping column is picked from this fixed map, never from request text.
 _GROUP_COLUMN: dict[str, str] = {
     "artifact": "artifact",
@@ -65,6 +71,14 @@ class SQLiteSink:
         # batch (at most a few a second) is cheap.
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write_lock, self._conn:
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(requests)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    self._conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)

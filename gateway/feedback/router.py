@@ -42,6 +42,7 @@ async def post_feedback(request: Request[Any, Any, Any], data: FeedbackRequest) 
     feedback_id, created = await asyncio.to_thread(
         feedback.add, data.request_id, served.key_id, data.rating, data.correction
     )
+    services.telemetry.record_feedback(served.artifact, data.rating, data.correction)
     return Feedback(
         id=feedback_id,
         request_id=data.request_id,
