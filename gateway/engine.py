@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters_store.hardware import engine_dtype
 from gateway.config import EngineConfig
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ class Engine:
         args: dict[str, Any] = {
             "model": str(self.spec.path),
             "served_model_name": self.model_id,
-            "dtype": cfg.dtype,
+            "dtype": engine_dtype(cfg.dtype),
             "max_model_len": cfg.max_model_len,
             "max_num_seqs": cfg.max_num_seqs,
             "kv_cache_memory_bytes": int(self.kv_cache_gib() * 2**30),

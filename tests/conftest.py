@@ -59,9 +59,11 @@ def vllm_engine(default_model: BaseModel) -> Iterator[Any]:
     """One offline vLLM engine on the default model, LoRA enabled, for the whole session."""
     from vllm import LLM
 
+    from adapters_store.hardware import engine_dtype
+
     llm = LLM(
         str(default_model.path),
-        dtype="bfloat16",
+        dtype=engine_dtype("auto"),  # what the gateway and the tuner run in on this host
         max_model_len=2048,
         enable_lora=True,
         max_lora_rank=64,

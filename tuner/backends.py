@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from adapters_store.hardware import engine_dtype
 from tuner.data import IGNORE_INDEX, encode_conversation, render_prompt
 from tuner.hardware import resolve_precision
 from tuner.prefix import greedy_generate, pad_batch, prefix_forward
@@ -168,7 +169,7 @@ class VllmBackend:
 
         self._llm = LLM(
             str(path),
-            dtype="bfloat16",
+            dtype=engine_dtype("auto"),  # what the gateway serves in on this machine
             max_model_len=4096,
             enable_lora=True,
             max_lora_rank=64,
