@@ -23,6 +23,7 @@ __all__ = ["CommandError", "main"]
 _COMMANDS = [
     "model",
     "data",
+    "captures",
     "tune",
     "distill",
     "eval",
