@@ -75,24 +75,23 @@ def label_drift(
 def text_drift(
     length_counts: Sequence[int],
     prompt_tokens: int,
-    oov_shares: Sequence[float],
+    oov_share: float | None,
+    oov_requests: int,
     profile: TrainingProfile,
     config: MonitorConfig,
 ) -> TextDrift:
-    """Prompt lengths (histogram over LENGTH_EDGES and their sum) and per-request OOV shares
-    of a window against the training prompts."""
+    """A window's prompts against the training prompts: their lengths (histogram over
+    LENGTH_EDGES, and the tokens in all) and their mean OOV share over `oov_requests`."""
     n = int(sum(length_counts))
     mean = prompt_tokens / n if n else None
     length_div = js_divergence(length_counts, profile.length_counts) if n else None
-    oov = float(np.mean(oov_shares)) if len(oov_shares) else None
     baseline = profile.heldout_oov_share or 0.0
-    shift = oov - baseline if oov is not None else None
-    enough = n >= config.min_requests
-    flagged = enough and (
+    shift = oov_share - baseline if oov_share is not None else None
+    flagged = n >= config.min_requests and (
         (length_div is not None and length_div >= config.length_threshold)
         or (
             shift is not None
-            and len(oov_shares) >= config.min_requests
+            and oov_requests >= config.min_requests
             and shift >= config.oov_threshold
         )
     )
@@ -104,7 +103,7 @@ def text_drift(
         if mean is not None and profile.mean_prompt_tokens
         else None,
         length_divergence=length_div,
-        oov_share=oov,
+        oov_share=oov_share,
         baseline_oov_share=baseline,
         oov_shift=shift,
         flagged=bool(flagged),

@@ -52,7 +52,12 @@ def drift_figures(
         }
         flagged |= labels.flagged
     prompts = text_drift(
-        stats.length_counts, stats.answered_prompt_tokens, stats.oov_shares, profile, config
+        stats.length_counts,
+        stats.answered_prompt_tokens,
+        stats.oov_share,
+        stats.oov_requests,
+        profile,
+        config,
     )
     out["prompts"] = {
         k: _round(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(prompts).items()
@@ -78,7 +83,7 @@ def window_figures(
         "latency_ms_p95": _round(stats.latency_ms_p95, 1),
         "cost_usd": round(stats.cost_usd, 8),
         "feedback": {
-            "ratings": len(stats.ratings),
+            "ratings": stats.ratings,
             "mean_rating": _round(stats.mean_rating),
             "corrections": stats.corrections,
         },
@@ -95,11 +100,14 @@ def monitor_report(
     since: float,
     until: float | None = None,
     window_s: float | None = None,
+    latencies: bool = True,
 ) -> dict[str, Any]:
     """Every version the selector matches that has traffic in [since, until)."""
     until = time.time() if until is None else until
     window_s = window_s or config.window_s
-    windows, totals = read_windows(accounting, selector, since, until, window_s)
+    windows, totals = read_windows(
+        accounting, selector, since, until, window_s, latencies=latencies
+    )
     versions = []
     for artifact, total in totals.items():
         profile = profiles(artifact)

@@ -70,6 +70,7 @@ class DriftWatch:
             since=now - self.config.window_s,
             until=now,
             window_s=self.config.window_s,
+            latencies=False,
         )
         snapshot: dict[str, DriftSnapshot] = {}
         for version in report["versions"]:

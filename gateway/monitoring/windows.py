@@ -7,7 +7,6 @@ of `window_s` seconds from `since`; the last one ends at `until`.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ __all__ = ["Selector", "WindowStats", "read_windows"]
 
 @dataclass(frozen=True)
 class Selector:
-    """Which records: every version of `name` and the `artifacts` listed; all when empty."""
+    """Which records: every version of `name` and the `artifacts` listed; every store
+    artifact's when empty."""
 
     name: str | None = None
     artifacts: tuple[str, ...] = ()
@@ -39,58 +39,46 @@ class WindowStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list, repr=False)  # answered only
-    ratings: list[float] = field(default_factory=list, repr=False)
+    # Latency and drift are over answered requests only: a refusal answered in 1 ms is
+    # neither a latency anyone waited for nor traffic the model saw.
+    latencies_ms: list[float] = field(default_factory=list, repr=False)  # sorted
+    ratings: int = 0
+    rating_sum: float = 0.0
     corrections: int = 0
     label_counts: Counter[str] = field(default_factory=Counter)
     length_counts: list[int] = field(default_factory=lambda: [0] * (len(LENGTH_EDGES) + 1))
     answered_prompt_tokens: int = 0  # prompt tokens of answered requests (length drift)
-    oov_shares: list[float] = field(default_factory=list, repr=False)
+    oov_sum: float = 0.0
+    oov_requests: int = 0  # answered requests that recorded an OOV share
 
     @property
     def latency_ms_p50(self) -> float | None:
-        return percentile(sorted(self.latencies_ms), 0.5)
+        return percentile(self.latencies_ms, 0.5)
 
     @property
     def latency_ms_p95(self) -> float | None:
-        return percentile(sorted(self.latencies_ms), 0.95)
+        return percentile(self.latencies_ms, 0.95)
 
     @property
     def mean_rating(self) -> float | None:
-        return sum(self.ratings) / len(self.ratings) if self.ratings else None
+        return self.rating_sum / self.ratings if self.ratings else None
 
-    def add_request(
-        self,
-        status: str,
-        prompt: int,
-        completion: int,
-        e2e_ms: float,
-        cost: float,
-        label: str | None,
-        oov: float | None,
-    ) -> None:
-        self.requests += 1
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        self.cost_usd += cost
-        if status != "ok":
-            self.errors += 1
-            return
-        # Latency and drift over answered requests only: a refusal answered in 1 ms is
-        # neither a latency anyone waited for nor traffic the model saw.
-        self.latencies_ms.append(e2e_ms)
-        self.length_counts[length_bucket(prompt)] += 1
-        self.answered_prompt_tokens += prompt
-        if label is not None:
-            self.label_counts[label] += 1
-        if oov is not None:
-            self.oov_shares.append(oov)
+    @property
+    def oov_share(self) -> float | None:
+        return self.oov_sum / self.oov_requests if self.oov_requests else None
 
-    def add_feedback(self, rating: float | None, correction: str | None) -> None:
-        if rating is not None:
-            self.ratings.append(rating)
-        if correction:
-            self.corrections += 1
+    def merge(self, other: WindowStats) -> None:
+        """Add `other`'s figures (a window of the same artifact) into these."""
+        for name in (
+            "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd", "ratings",
+            "rating_sum", "corrections", "answered_prompt_tokens", "oov_sum", "oov_requests",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latencies_ms = sorted(self.latencies_ms + other.latencies_ms)
+        self.label_counts.update(other.label_counts)
+        self.length_counts = [
+            a + b for a, b in zip(self.length_counts, other.length_counts, strict=True)
+        ]
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -103,59 +91,97 @@ def read_windows(
     since: float,
     until: float,
     window_s: float,
+    *,
+    latencies: bool = True,
 ) -> tuple[dict[str, list[WindowStats]], dict[str, WindowStats]]:
     """(windows with traffic per artifact, oldest first; totals per artifact) over
-    [since, until)."""
+    [since, until). `latencies=False` skips the one per-row read (the drift gauges need
+    none of it).
+
+    SQLite aggregates per (artifact, window): the gateway reruns this every few seconds over
+    an hour of records, so no per-row Python work but the latencies.
+    """
     if window_s <= 0 or until <= since:
         raise ValueError("need window_s > 0 and since < until")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no accounting database at {path}: has the gateway run?")
-    conn = sqlite3.connect(path, timeout=30.0)
-    try:
-        have = _columns(conn, "requests")
-        # A database from before the monitoring columns reads as if none were recorded.
-        label = "answer_label" if "answer_label" in have else "NULL"
-        oov = "prompt_oov_share" if "prompt_oov_share" in have else "NULL"
-        match, args = _match(selector)
-        rows = conn.execute(
-            f"SELECT artifact, created_at, status, prompt_tokens, completion_tokens, e2e_ms, "
-            f"cost_usd, {label}, {oov} FROM requests "
-            f"WHERE ({match}) AND created_at >= ? AND created_at < ? ORDER BY created_at",
-            [*args, since, until],
-        ).fetchall()
-        feedback: list[tuple[str, float, float | None, str | None]] = []
-        if _columns(conn, "feedback"):
-            feedback = conn.execute(
-                f"SELECT r.artifact, r.created_at, f.rating, f.correction FROM feedback f "
-                f"JOIN requests r ON r.request_id = f.request_id "
-                f"WHERE ({match.replace('artifact', 'r.artifact')}) "
-                f"AND r.created_at >= ? AND r.created_at < ?",
-                [*args, since, until],
-            ).fetchall()
-    finally:
-        conn.close()
-
+    match, margs = _match(selector)
+    # w: the window index; created_at >= since, so the cast is a floor.
+    w = "CAST((r.created_at - ?) / ? AS INTEGER)"
+    where = f"({match}) AND r.created_at >= ? AND r.created_at < ?"
+    args = [since, window_s, *margs, since, until]
     windows: dict[str, dict[int, WindowStats]] = {}
-    totals: dict[str, WindowStats] = {}
 
-    def slots(artifact: str, created: float) -> tuple[WindowStats, WindowStats]:
-        i = math.floor((created - since) / window_s)
+    def slot(artifact: str, i: int) -> WindowStats:
         per = windows.setdefault(artifact, {})
         if i not in per:
             start = since + i * window_s
             per[i] = WindowStats(artifact, start, min(start + window_s, until))
-        if artifact not in totals:
-            totals[artifact] = WindowStats(artifact, since, until)
-        return per[i], totals[artifact]
+        return per[i]
 
-    for artifact, created, status, prompt, completion, e2e, cost, lab, share in rows:
-        for stats in slots(artifact, created):
-            stats.add_request(status, prompt, completion, e2e, cost, lab, share)
-    for artifact, created, rating, correction in feedback:
-        for stats in slots(artifact, created):
-            stats.add_feedback(rating, correction)
+    conn = sqlite3.connect(path, timeout=30.0)
+    try:
+        have = _columns(conn, "requests")
+        # A database from before the monitoring columns reads as if none were recorded.
+        label = "r.answer_label" if "answer_label" in have else "NULL"
+        oov = "r.prompt_oov_share" if "prompt_oov_share" in have else "NULL"
+        ok = "r.status = 'ok'"
+        for row in conn.execute(
+            f"SELECT r.artifact, {w}, COUNT(*), SUM(r.status != 'ok'), SUM(r.prompt_tokens), "
+            f"SUM(r.completion_tokens), SUM(r.cost_usd), "
+            f"SUM(CASE WHEN {ok} THEN r.prompt_tokens ELSE 0 END), "
+            f"SUM(CASE WHEN {ok} THEN {oov} END), COUNT(CASE WHEN {ok} THEN {oov} END) "
+            f"FROM requests r WHERE {where} GROUP BY 1, 2",
+            args,
+        ):
+            stats = slot(row[0], row[1])
+            (stats.requests, stats.errors, stats.prompt_tokens, stats.completion_tokens) = row[2:6]
+            stats.cost_usd, stats.answered_prompt_tokens = row[6] or 0.0, row[7] or 0
+            stats.oov_sum, stats.oov_requests = row[8] or 0.0, row[9]
+        for artifact, i, value, n in conn.execute(
+            f"SELECT r.artifact, {w}, {label}, COUNT(*) FROM requests r "
+            f"WHERE {where} AND {ok} AND {label} IS NOT NULL GROUP BY 1, 2, 3",
+            args,
+        ):
+            slot(artifact, i).label_counts[value] = n
+        # Per distinct prompt length (a few hundred values), bucketed here.
+        for artifact, i, tokens, n in conn.execute(
+            f"SELECT r.artifact, {w}, r.prompt_tokens, COUNT(*) FROM requests r "
+            f"WHERE {where} AND {ok} GROUP BY 1, 2, 3",
+            args,
+        ):
+            slot(artifact, i).length_counts[length_bucket(tokens)] += n
+        if latencies:
+            for artifact, i, e2e in conn.execute(
+                f"SELECT r.artifact, {w}, r.e2e_ms FROM requests r WHERE {where} AND {ok} "
+                f"ORDER BY 1, 2, 3",
+                args,
+            ):
+                slot(artifact, i).latencies_ms.append(e2e)
+        if _columns(conn, "feedback"):
+            # Feedback counts in the window of the request it is about.
+            for artifact, i, n, rating_sum, corrections in conn.execute(
+                f"SELECT r.artifact, {w}, COUNT(f.rating), SUM(f.rating), "
+                f"COUNT(NULLIF(f.correction, '')) FROM feedback f "
+                f"JOIN requests r ON r.request_id = f.request_id WHERE {where} GROUP BY 1, 2",
+                args,
+            ):
+                stats = slot(artifact, i)
+                stats.ratings, stats.rating_sum, stats.corrections = (
+                    n,
+                    rating_sum or 0.0,
+                    corrections,
+                )
+    finally:
+        conn.close()
+
     ordered = {a: [per[i] for i in sorted(per)] for a, per in sorted(windows.items())}
-    return ordered, dict(sorted(totals.items()))
+    totals: dict[str, WindowStats] = {}
+    for artifact, per_window in ordered.items():
+        total = totals[artifact] = WindowStats(artifact, since, until)
+        for stats in per_window:
+            total.merge(stats)
+    return ordered, totals
 
 
 def _match(selector: Selector) -> tuple[str, list[str | int]]:
@@ -164,11 +190,11 @@ def _match(selector: Selector) -> tuple[str, list[str | int]]:
     if selector.name is not None:
         # substr, not LIKE: `_` is a wildcard in LIKE and a legal character in names.
         prefix = f"{selector.name}@"
-        clauses.append("substr(artifact, 1, ?) = ?")
+        clauses.append("substr(r.artifact, 1, ?) = ?")
         args += [len(prefix), prefix]
     if selector.artifacts:
-        clauses.append(f"artifact IN ({', '.join('?' * len(selector.artifacts))})")
+        clauses.append(f"r.artifact IN ({', '.join('?' * len(selector.artifacts))})")
         args += list(selector.artifacts)
     if not clauses:
-        return "artifact IS NOT NULL", args
+        return "instr(r.artifact, '@') > 0", args  # every store artifact; not base models
     return " OR ".join(clauses), args
