@@ -15,6 +15,7 @@ import pytest
 from adapters_store.bases import BaseModel
 from gateway.capture import Capture, CaptureStore
 from gateway.capture.examples import retraining_examples, stored_examples
+from gateway.capture.testing import sample_capture
 from gateway.feedback import FeedbackStore
 from tuner.data import validate_records
 
@@ -23,25 +24,7 @@ USER = [{"role": "user", "content": "my bill is wrong"}]
 
 
 def _capture(request_id: str, at: float = NOW - 60, **extra: Any) -> Capture:
-    fields: dict[str, Any] = {
-        "request_id": request_id,
-        "created_at": at,
-        "expires_at": NOW + 3600,
-        "key_id": "acme",
-        "operation": "chat",
-        "requested_model": "telecom@prod",
-        "artifact": "telecom@2",
-        "request": {"messages": USER},
-        "system_prompt": None,
-        "response": "billing",
-        "finish_reason": "stop",
-        "prompt_tokens": 5,
-        "completion_tokens": 1,
-        "stored": True,
-        "metadata": {"task": "routing"},
-        **extra,
-    }
-    return Capture(**fields)
+    return sample_capture(request_id, **{"created_at": at, "artifact": "telecom@2", **extra})
 
 
 @pytest.fixture

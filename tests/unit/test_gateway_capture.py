@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 from gateway.auth import KeyStore
 from gateway.capture import Capture, CaptureConfig, CaptureStore, captures_path
 from gateway.capture.capturer import Capturer
+from gateway.capture.testing import sample_capture
 from gateway.protocol import ErrorResponse
 from gateway.testing import fake_app
 from tunegate.config import ConfigError, Settings, load_settings
@@ -227,26 +228,8 @@ def test_bad_metadata_is_refused_and_nothing_kept(
     assert _rows(settings) == []
 
 
-def _capture(request_id: str, expires_at: float, **extra: Any) -> Capture:
-    fields: dict[str, Any] = {
-        "request_id": request_id,
-        "created_at": expires_at - 10,
-        "expires_at": expires_at,
-        "key_id": None,
-        "operation": "chat",
-        "requested_model": BASE,
-        "artifact": BASE,
-        "request": {"messages": MESSAGES},
-        "system_prompt": None,
-        "response": "billing",
-        "finish_reason": "stop",
-        "prompt_tokens": 5,
-        "completion_tokens": 1,
-        "stored": False,
-        "metadata": {},
-        **extra,
-    }
-    return Capture(**fields)
+def _capture(request_id: str, expires_at: float) -> Capture:
+    return sample_capture(request_id, expires_at=expires_at, created_at=expires_at - 10)
 
 
 def test_expired_captures_are_invisible_then_purged(tmp_path: Path) -> None:
