@@ -326,3 +326,35 @@ def test_capture_config_from_the_environment(home: Path) -> None:
         ("alpha", 3.0)
     ]
     assert settings.gateway.capture.stored_retention_days == 1.0
+
+
+def test_the_openai_client_stores_lists_retrieves_and_deletes(settings: Settings) -> None:
+    import openai
+
+    app, _ = fake_app(settings)
+    with TestClient(app) as http:
+        client = openai.OpenAI(base_url=f"{http.base_url}/v1", api_key="x", http_client=http)  # type: ignore[arg-type]
+        made = client.chat.completions.create(
+            model=BASE, messages=MESSAGES, max_tokens=3, store=True, metadata={"task": "routing"}
+        )
+        client.chat.completions.create(model=BASE, messages=MESSAGES, max_tokens=3)
+        got = client.chat.completions.retrieve(made.id)
+        assert got.choices[0].message.content == made.choices[0].message.content
+        listed = client.chat.completions.list(metadata={"task": "routing"})
+        assert [c.id for c in listed.data] == [made.id]
+        assert client.chat.completions.list(metadata={"task": "other"}).data == []
+        assert [c.id for c in client.chat.completions.list(model=BASE).data] == [made.id]
+        deleted = client.chat.completions.delete(made.id)
+        assert (deleted.id, deleted.deleted, deleted.object) == (
+            made.id,
+            True,
+            "chat.completion.deleted",
+        )
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.retrieve(made.id)
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(
+                model=BASE, messages=MESSAGES, store=True, metadata={"k" * 65: "v"}
+            )
+        assert bad.value.param == "metadata"  # type: ignore[attr-defined]
+    assert _rows(settings) == []
