@@ -151,8 +151,8 @@ class TrainingProfile:
             vocab_size=vocab_size,
             seen=seen,
         )
-        if heldout:
-            shares = [profile.oov_share(p) for p in heldout]
+        shares = [x for x in (profile.oov_share(p) for p in heldout) if x is not None]
+        if shares:
             profile = replace(profile, heldout_oov_share=float(np.mean(shares)))
         return profile
 

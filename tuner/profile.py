@@ -77,6 +77,10 @@ def profile_from_card(card: dict[str, Any], home: Path) -> TrainingProfile | Non
     """The profile of an artifact published before cards carried one, rebuilt from the
     training data its recipe names (regenerated for a demo task), if that data still hashes
     to the card's `dataset_sha256`; None otherwise (no recipe, data gone or changed)."""
+    stored = TrainingProfile.from_card(card)
+    if stored is not None or not isinstance(card.get("recipe"), dict):
+        return stored
+    # Only for old cards: these pull in transformers and the training stack.
     from transformers import AutoTokenizer
 
     from tuner.data import dataset_sha256
@@ -84,10 +88,6 @@ def profile_from_card(card: dict[str, Any], home: Path) -> TrainingProfile | Non
     from tuner.tasks import get_task
     from tuner.train import TrainingError, ensure_base, prepare_data
 
-    if TrainingProfile.from_card(card) is not None:
-        return TrainingProfile.from_card(card)
-    if not isinstance(card.get("recipe"), dict):
-        return None
     try:
         recipe = build_recipe(card["recipe"], where="the card's recipe")
         data = prepare_data(recipe, home, echo=lambda _: None)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.spatial.distance import jensenshannon
 
 from adapters_store.profile import OTHER, TrainingProfile
@@ -21,7 +22,7 @@ from gateway.monitoring.config import MonitorConfig
 __all__ = ["LabelDrift", "TextDrift", "js_divergence", "label_drift", "text_drift"]
 
 
-def js_divergence(p: Sequence[float], q: Sequence[float]) -> float:
+def js_divergence(p: ArrayLike, q: ArrayLike) -> float:
     """Jensen-Shannon divergence (base 2) of two count or probability vectors."""
     a, b = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
     if a.shape != b.shape or a.sum() <= 0 or b.sum() <= 0:

@@ -12,11 +12,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters_store.profile import TrainingProfile
 from gateway.monitoring.config import MonitorConfig
 from gateway.monitoring.report import ProfileLookup, monitor_report
 from gateway.monitoring.windows import Selector
+
+if TYPE_CHECKING:
+    from adapters_store.catalog import Store
 
 __all__ = ["DriftSnapshot", "DriftWatch", "store_profiles"]
 
@@ -33,14 +37,14 @@ class DriftSnapshot:
     flagged: bool
 
 
-def store_profiles(store: object | None) -> ProfileLookup:
+def store_profiles(store: Store | None) -> ProfileLookup:
     """Profiles from the store's cards; base models and unknown versions have none."""
 
     def lookup(artifact: str) -> TrainingProfile | None:
         if store is None or "@" not in artifact:
             return None
         try:
-            card = store.resolve(artifact).card  # type: ignore[attr-defined]
+            card = store.resolve(artifact).card
         except Exception:  # removed since it served, or the store is unreadable
             return None
         return TrainingProfile.from_card(card)
