@@ -25,6 +25,12 @@ class Capturer:
         self.writer: BatchWriter[Capture] = BatchWriter(
             store, interval_s=flush_interval_s, name="capture-writer"
         )
+        # Operators should see at start-up whose prompts are being kept.
+        if self._rules:
+            rules = ", ".join(f"{r.pattern} ({r.retention_days:g} d)" for r in self._rules)
+            log.info("capture: keeping prompts and answers of %s", rules)
+        else:
+            log.info("capture: off (only `store: true` chat completions are kept)")
 
     def retention_s(self, artifact: str, stored: bool) -> float | None:
         """Seconds to keep what `artifact` answered; None: do not capture it. The first
