@@ -47,10 +47,11 @@ class MonitorConfig:
         ),
     )
     min_requests: int = field(
-        default=30,
+        default=100,
         metadata=_doc(
             "Windows with fewer answered requests show their drift but never flag: a "
-            "divergence from a handful of samples is noise."
+            "divergence from a handful of samples is noise (8 labels drawn like training: "
+            "JS 99th percentile 0.135 at 30 answers, 0.033 at 100)."
         ),
     )
     refresh_s: float = field(

@@ -299,7 +299,7 @@ def test_report_is_plain_data_with_drift_per_window(tmp_path: Path) -> None:
         db,
         Selector(name="t"),
         lambda artifact: profile if artifact == "t@1" else None,
-        MonitorConfig(),
+        MonitorConfig(min_requests=30),
         since=T0,
         until=T0 + 3600,
     )
@@ -471,3 +471,19 @@ def test_drift_gauges_and_feedback_counters_at_metrics(client: TestClient[Any]) 
         if line.startswith("tunegate_feedback_rating_sum") and "billing@1" in line
     ]
     assert [float(line.rsplit(" ", 1)[1]) for line in rating_sum] == [0.0]  # 1 + (-1)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("TUNEGATE_GATEWAY_MONITOR_LABEL_THRESHOLD", "2"),
+        ("TUNEGATE_GATEWAY_MONITOR_OOV_THRESHOLD", "0"),
+        ("TUNEGATE_GATEWAY_MONITOR_WINDOW_S", "-1"),
+        ("TUNEGATE_GATEWAY_MONITOR_MIN_REQUESTS", "0"),
+    ],
+)
+def test_monitor_settings_are_validated(home: Path, var: str, value: str) -> None:
+    with pytest.raises(ValueError, match=r"gateway\.monitor\."):
+        load_settings(env={"TUNEGATE_HOME": str(home), var: value})
+    defaults = load_settings(env={"TUNEGATE_HOME": str(home)}).gateway.monitor
+    assert (defaults.label_threshold, defaults.min_requests) == (0.1, 100)
