@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.capture.store import Capture, CaptureStore
 
-__all__ = ["Examples", "matches_model", "retraining_examples", "stored_examples"]
+__all__ = ["Examples", "retraining_examples", "stored_examples"]
 
 
 @dataclass
@@ -34,12 +34,6 @@ class Examples:
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-
-def matches_model(capture: Capture, ref: str) -> bool:
-    """`ref` as sent (`telecom@prod`), the version that answered (`telecom@3`), or a name
-    (`telecom`: every version of it)."""
-    return ref in (capture.requested_model, capture.artifact, capture.artifact.partition("@")[0])
 
 
 def _example(
@@ -59,13 +53,11 @@ def stored_examples(
     model: str | None = None,
     since: float | None = None,
 ) -> Examples:
-    """Stored chat completions whose metadata has every pair of `metadata`, oldest first."""
+    """Stored chat completions whose metadata has every pair of `metadata`, oldest first;
+    `model`: as requested (`telecom@prod`), the version that answered or its name."""
     out = Examples()
-    for capture in store.find(stored=True, operation="chat", since=since):
-        if any(capture.metadata.get(k) != v for k, v in metadata.items()):
-            continue
-        if model is not None and not matches_model(capture, model):
-            continue
+    found = store.find(stored=True, operation="chat", since=since, metadata=metadata, model=model)
+    for capture in found:
         messages = _example(capture, capture.response, with_system_prompt=False)
         if messages is None:
             out.skip("empty answer or no user turn")
@@ -97,10 +89,8 @@ def retraining_examples(store: CaptureStore, accounting_path: Path, artifact: st
     model saw it (its system prompt first) answered by the latest correction."""
     corrections = _corrections(accounting_path)
     out = Examples()
-    for capture in store.find(operation="chat"):
-        # By what answered, not what was asked: `telecom@prod` may have meant any version.
-        if artifact not in (capture.artifact, capture.artifact.partition("@")[0]):
-            continue
+    # By what answered, not what was asked: `telecom@prod` may have meant any version.
+    for capture in store.find(operation="chat", artifact=artifact):
         correction = corrections.get(capture.request_id)
         if correction is None:
             continue

@@ -135,24 +135,21 @@ async def list_stored_completions(
     key = caller(request)
     capturer: Capturer = request.app.state.capturer
     await asyncio.to_thread(capturer.flush)
-    found = await asyncio.to_thread(
+    owner = key.name if key is not None and not key.admin else None
+    if after is not None:
+        start = await asyncio.to_thread(capturer.store.get, after)
+        if start is None or start.operation != "chat" or not _may_see(key, start):
+            raise BadRequestError(f"after: no stored chat completion {after!r}", param="after")
+    rows = await asyncio.to_thread(
         capturer.store.find,
         operation="chat",
-        key_id=key.name if key is not None and not key.admin else None,
+        key_id=owner,
+        metadata=wanted,
+        model=model,
+        after=after,
+        descending=order == "desc",
+        limit=limit + 1,  # one more tells whether there is a next page
     )
-    rows = [
-        c
-        for c in found
-        if (model is None or model in (c.requested_model, c.artifact))
-        and all(c.metadata.get(k) == v for k, v in wanted.items())
-    ]
-    if order == "desc":
-        rows.reverse()
-    if after is not None:
-        ids = [c.request_id for c in rows]
-        if after not in ids:
-            raise BadRequestError(f"after: no stored chat completion {after!r}", param="after")
-        rows = rows[ids.index(after) + 1 :]
     page = [StoredChatCompletion.of(c) for c in rows[:limit]]
     return StoredChatCompletionList(
         data=page,

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -145,10 +145,6 @@ class CaptureStore:
         with self._write_lock, self._conn:
             self._conn.executemany(sql, [_row(c) for c in captures])
 
-    def get(self, request_id: str, now: float | None = None) -> Capture | None:
-        rows = self._select("request_id = ? AND expires_at > ?", [request_id, _now(now)])
-        return next(iter(rows), None)
-
     def delete(self, request_id: str) -> bool:
         """Remove one request's capture; False if there was none."""
         with self._write_lock, self._conn:
@@ -169,9 +165,19 @@ class CaptureStore:
         key_id: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        model: str | None = None,
+        artifact: str | None = None,
+        after: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
         now: float | None = None,
     ) -> list[Capture]:
-        """Live captures, oldest first, filtered by the arguments that are set."""
+        """Live captures, oldest first (`descending`: newest first), filtered in SQL by
+        the arguments that are set: `metadata` holds every pair given; `model` is the model
+        as requested, the version that answered or its name; `artifact` is the version that
+        answered or its name; `after` is the request id the page starts after (a
+        `LookupError` if it is not a live capture)."""
         clauses = ["expires_at > ?"]
         args: list[Any] = [_now(now)]
         for clause, value in (
@@ -184,20 +190,51 @@ class CaptureStore:
             if value is not None:
                 clauses.append(clause)
                 args.append(value)
-        return list(self._select(" AND ".join(clauses), args))
+        for key, value in (metadata or {}).items():
+            # json_each: metadata keys are arbitrary text, which a JSON path cannot quote.
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(captures.metadata) AS m "
+                "WHERE m.key = ? AND m.value = ?)"
+            )
+            args += [key, value]
+        name_of_artifact = "substr(artifact, 1, instr(artifact || '@', '@') - 1)"
+        if model is not None:
+            clauses.append(f"(requested_model = ? OR artifact = ? OR {name_of_artifact} = ?)")
+            args += [model, model, model]
+        if artifact is not None:
+            clauses.append(f"(artifact = ? OR {name_of_artifact} = ?)")
+            args += [artifact, artifact]
+        order = "DESC" if descending else "ASC"
+        if after is not None:
+            start = self.get(after, now)
+            if start is None:
+                raise LookupError(f"no capture {after!r} to start after")
+            clauses.append(f"(created_at, request_id) {'<' if descending else '>'} (?, ?)")
+            args += [start.created_at, start.request_id]
+        sql = (
+            f"SELECT {', '.join(_COLUMNS)} FROM captures WHERE {' AND '.join(clauses)} "
+            f"ORDER BY created_at {order}, request_id {order}"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return self._select(sql, args)
 
-    def _select(self, where: str, args: Sequence[Any]) -> Iterator[Capture]:
+    def get(self, request_id: str, now: float | None = None) -> Capture | None:
+        rows = self._select(
+            f"SELECT {', '.join(_COLUMNS)} FROM captures WHERE request_id = ? AND expires_at > ?",
+            [request_id, _now(now)],
+        )
+        return rows[0] if rows else None
+
+    def _select(self, sql: str, args: Sequence[Any]) -> list[Capture]:
         # A connection per read: readers never wait for the writer in WAL mode.
         conn = self._connect()
         try:
-            rows = conn.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM captures WHERE {where} "
-                "ORDER BY created_at, request_id",
-                args,
-            ).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         finally:
             conn.close()
-        return (_capture(row) for row in rows)
+        return [_capture(row) for row in rows]
 
     def close(self) -> None:
         with self._write_lock:

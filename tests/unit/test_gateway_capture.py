@@ -358,3 +358,49 @@ def test_the_openai_client_stores_lists_retrieves_and_deletes(settings: Settings
             )
         assert bad.value.param == "metadata"  # type: ignore[attr-defined]
     assert _rows(settings) == []
+
+
+def test_find_filters_in_sql(tmp_path: Path) -> None:
+    store = CaptureStore(tmp_path / "captures.sqlite3")
+    t = time.time()
+    odd = {'a "quoted".key': "x", "$.path": "y"}
+    store.write(
+        [
+            sample_capture("c1", created_at=t - 5, metadata=odd),
+            sample_capture("c2", created_at=t - 4, artifact="telecom@2", metadata={"a": "1"}),
+            sample_capture("c3", created_at=t - 3, artifact=BASE, requested_model=BASE),
+            sample_capture("c4", created_at=t - 2, artifact="telecom-x@1", requested_model="t"),
+        ]
+    )
+
+    def ids(**kw: Any) -> list[str]:
+        return [c.request_id for c in store.find(**kw)]
+
+    assert ids(metadata=odd) == ["c1"]
+    assert ids(metadata={'a "quoted".key': "x", "a": "1"}) == []
+    assert ids(model="telecom") == ["c1", "c2"]  # a name: every version, not telecom-x
+    assert ids(model="telecom@prod") == ["c1", "c2"]
+    assert ids(model=BASE) == ids(artifact=BASE) == ["c3"]
+    assert ids(artifact="telecom@prod") == []  # what answered, not what was asked
+    assert ids(limit=2) == ["c1", "c2"]
+    assert ids(after="c2") == ["c3", "c4"]
+    assert ids(after="c3", descending=True) == ["c2", "c1"]
+    with pytest.raises(LookupError):
+        store.find(after="nope")
+    store.close()
+
+
+def test_listing_pages_like_openai(client: TestClient[Any]) -> None:
+    made = [_chat(client, store=True).headers["x-request-id"] for _ in range(3)]
+    first = client.get("/v1/chat/completions", params={"limit": 2}).json()
+    assert [c["id"] for c in first["data"]] == made[:2] and first["has_more"] is True
+    assert (first["first_id"], first["last_id"]) == (made[0], made[1])
+    rest = client.get("/v1/chat/completions", params={"limit": 2, "after": made[1]}).json()
+    assert [c["id"] for c in rest["data"]] == made[2:] and rest["has_more"] is False
+    newest = client.get("/v1/chat/completions", params={"order": "desc", "limit": 1}).json()
+    assert [c["id"] for c in newest["data"]] == made[2:]
+    assert _error(client.get("/v1/chat/completions", params={"after": "x"}), 400)["param"] == (
+        "after"
+    )
+    _error(client.get("/v1/chat/completions", params={"limit": 0}), 400)
+    _error(client.get("/v1/chat/completions", params={"order": "sideways"}), 400)

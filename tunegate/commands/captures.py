@@ -59,14 +59,11 @@ def _iso(seconds: float) -> str:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.capture.examples import matches_model
-
     store = _open(settings)
     try:
-        found = store.find(stored=True if args.stored else None)
+        found = store.find(stored=True if args.stored else None, model=args.model)
     finally:
         store.close()
-    found = [c for c in found if args.model is None or matches_model(c, args.model)]
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
         return 0
