@@ -110,7 +110,8 @@ def test_answers_normalise_to_a_label_or_other(answer: str, label: str) -> None:
 
 def test_profile_round_trips_through_the_card() -> None:
     profile = _profile()
-    card = {"profile": profile.to_card(), "labels": ["ignored"]}
+    stored = profile.to_card()
+    card: dict[str, Any] = {"profile": stored, "labels": ["ignored"]}
     back = TrainingProfile.from_card(card)
     assert back is not None
     assert back.seen is not None and profile.seen is not None
@@ -121,12 +122,13 @@ def test_profile_round_trips_through_the_card() -> None:
         profile.length_counts,
     )
     assert back.heldout_oov_share == pytest.approx(profile.heldout_oov_share)
+    assert back.heldout_oov_share is not None
     assert 0 < back.heldout_oov_share < 0.1  # ids 50, 51 are unseen: ~2/52 of held-out
     assert card_labels(card) == LABELS  # the profile's set wins over older card fields
     assert card_labels({"labels": ["a", "b"]}) == ("a", "b")
     assert card_labels({}) == ()
     # A card this code cannot read gives no profile rather than a wrong one.
-    assert TrainingProfile.from_card({"profile": {**card["profile"], "version": 99}}) is None
+    assert TrainingProfile.from_card({"profile": {**stored, "version": 99}}) is None
     assert TrainingProfile.from_card({"profile": {"version": 1}}) is None
 
 
