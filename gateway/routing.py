@@ -56,8 +56,9 @@ class Target:
     system_prompt: str | None = None
     # What monitoring records per request (see adapters_store.profile): the answer's label
     # when the card has a label set, the prompt's OOV share when it has a training profile.
-    labels: tuple[str, ...] = ()
-    profile: TrainingProfile | None = None
+    # Left out of == and hash: a profile holds arrays, and the route is the same without it.
+    labels: tuple[str, ...] = field(default=(), compare=False)
+    profile: TrainingProfile | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
