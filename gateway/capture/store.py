@@ -120,6 +120,9 @@ class CaptureStore:
         self._conn = self._connect()
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
+        # A removed capture must be gone from the disk, not only from queries: deleted
+        # content is overwritten with zeros (and see `_erase` for the WAL).
+        self._conn.execute("PRAGMA secure_delete=ON")
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_VERSION:
             raise RuntimeError(
@@ -147,15 +150,31 @@ class CaptureStore:
 
     def delete(self, request_id: str) -> bool:
         """Remove one request's capture; False if there was none."""
-        with self._write_lock, self._conn:
-            cursor = self._conn.execute("DELETE FROM captures WHERE request_id = ?", (request_id,))
+        with self._write_lock:
+            with self._conn:
+                cursor = self._conn.execute(
+                    "DELETE FROM captures WHERE request_id = ?", (request_id,)
+                )
+            if cursor.rowcount:
+                self._erase()
         return cursor.rowcount > 0
 
     def purge(self, now: float | None = None) -> int:
         """Delete every capture past its retention; returns how many."""
-        with self._write_lock, self._conn:
-            cursor = self._conn.execute("DELETE FROM captures WHERE expires_at <= ?", (_now(now),))
+        with self._write_lock:
+            with self._conn:
+                cursor = self._conn.execute(
+                    "DELETE FROM captures WHERE expires_at <= ?", (_now(now),)
+                )
+            if cursor.rowcount:
+                self._erase()
         return cursor.rowcount
+
+    def _erase(self) -> None:
+        """Copy the zeroed pages into the file and empty the WAL, whose older frames still
+        hold the deleted content (a reader holding an old snapshot can delay this; the
+        next removal or purge finishes it)."""
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def find(
         self,

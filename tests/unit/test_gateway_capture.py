@@ -404,3 +404,20 @@ def test_listing_pages_like_openai(client: TestClient[Any]) -> None:
     )
     _error(client.get("/v1/chat/completions", params={"limit": 0}), 400)
     _error(client.get("/v1/chat/completions", params={"order": "sideways"}), 400)
+
+
+def test_a_removed_capture_is_gone_from_the_disk(tmp_path: Path) -> None:
+    path = tmp_path / "captures.sqlite3"
+    store = CaptureStore(path)
+    secret = "my-account-number-4242-1234"
+    store.write([sample_capture("c1", response=secret), sample_capture("c2")])
+
+    def on_disk() -> bool:
+        files = [path, path.with_name(path.name + "-wal")]
+        return any(secret.encode() in f.read_bytes() for f in files if f.exists())
+
+    assert on_disk()
+    assert store.delete("c1")
+    assert not on_disk()
+    assert store.get("c2") is not None
+    store.close()
