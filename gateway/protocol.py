@@ -34,6 +34,7 @@ __all__ = [
     "TextContentPart",
     "UsageGroup",
     "UsageReport",
+    "check_metadata",
 ]
 
 # Generous but bounded: a request can never make the server allocate without limit.
@@ -142,6 +143,31 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content)
 
 
+def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's metadata rules, with OpenAI's wording (a ValueError: a 400 naming `metadata`)."""
+    # OpenAI's limits and wording: 16 pairs, keys <= 64 chars, values <= 512 chars.
+    if value is None:
+        return value
+    if len(value) > _MAX_METADATA:
+        raise ValueError(
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{_MAX_METADATA} properties, but got an object with {len(value)} properties "
+            "instead."
+        )
+    for key, item in value.items():
+        for what, text, limit in (
+            ("key", key, _MAX_METADATA_KEY),
+            ("value", item, _MAX_METADATA_VALUE),
+        ):
+            if len(text) > limit:
+                raise ValueError(
+                    f"Invalid 'metadata': {what} {text[:20]!r}... is too long. Expected "
+                    f"a string with maximum length {limit}, but got a string with length "
+                    f"{len(text)} instead."
+                )
+    return value
+
+
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=_MAX_MESSAGES)]
     model: Annotated[str, Field(min_length=1, max_length=256)]
@@ -165,27 +191,7 @@ class ChatCompletionRequest(_Sampling):
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        # OpenAI's limits and wording: 16 pairs, keys <= 64 chars, values <= 512 chars.
-        if value is None:
-            return value
-        if len(value) > _MAX_METADATA:
-            raise ValueError(
-                f"Invalid 'metadata': too many properties. Expected an object with at most "
-                f"{_MAX_METADATA} properties, but got an object with {len(value)} properties "
-                "instead."
-            )
-        for key, item in value.items():
-            for what, text, limit in (
-                ("key", key, _MAX_METADATA_KEY),
-                ("value", item, _MAX_METADATA_VALUE),
-            ):
-                if len(text) > limit:
-                    raise ValueError(
-                        f"Invalid 'metadata': {what} {text[:20]!r}... is too long. Expected "
-                        f"a string with maximum length {limit}, but got a string with length "
-                        f"{len(text)} instead."
-                    )
-        return value
+        return check_metadata(value)
 
     @property
     def requested_max_tokens(self) -> int | None:

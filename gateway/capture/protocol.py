@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from gateway.capture.store import Capture
 from gateway.errors import APIError
@@ -13,12 +13,14 @@ from gateway.protocol import (
     ChatCompletionResponse,
     ChatMessageOut,
     CompletionUsage,
+    check_metadata,
 )
 
 __all__ = [
     "CaptureNotFoundError",
     "CaptureObject",
     "Deleted",
+    "MetadataUpdate",
     "StoredChatCompletion",
     "StoredChatCompletionList",
 ]
@@ -112,6 +114,19 @@ class StoredChatCompletionList(_Response):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+class MetadataUpdate(BaseModel):
+    """`POST /v1/chat/completions/{id}`: the new metadata (null clears it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metadata: dict[str, str] | None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_metadata(value)
 
 
 class Deleted(_Response):

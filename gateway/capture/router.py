@@ -8,9 +8,10 @@ key's capture answers exactly like an unknown id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
-from litestar import Request, delete, get
+from litestar import Request, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
@@ -21,6 +22,7 @@ from gateway.capture.protocol import (
     CaptureNotFoundError,
     CaptureObject,
     Deleted,
+    MetadataUpdate,
     StoredChatCompletion,
     StoredChatCompletionList,
 )
@@ -103,6 +105,24 @@ async def retrieve_stored_completion(
     return StoredChatCompletion.of(await _find(request, completion_id, chat=True))
 
 
+@post(
+    "/v1/chat/completions/{completion_id:str}",
+    status_code=200,
+    summary="Replace a stored (or captured) chat completion's metadata",
+    responses=_ERRORS,
+    tags=["captures"],
+)
+async def update_stored_completion(
+    completion_id: str, data: MetadataUpdate, request: Request[Any, Any, Any]
+) -> StoredChatCompletion:
+    capture = await _find(request, completion_id, chat=True)
+    capturer: Capturer = request.app.state.capturer
+    metadata = dict(data.metadata or {})
+    if not await asyncio.to_thread(capturer.store.set_metadata, completion_id, metadata):
+        raise CaptureNotFoundError(_STORED, completion_id, "completion_id")  # removed meanwhile
+    return StoredChatCompletion.of(dataclasses.replace(capture, metadata=metadata))
+
+
 @delete(
     "/v1/chat/completions/{completion_id:str}",
     status_code=200,
@@ -163,6 +183,7 @@ CAPTURE_ROUTES = [
     get_capture,
     delete_capture,
     retrieve_stored_completion,
+    update_stored_completion,
     delete_stored_completion,
     list_stored_completions,
 ]

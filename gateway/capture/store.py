@@ -159,6 +159,15 @@ class CaptureStore:
                 self._erase()
         return cursor.rowcount > 0
 
+    def set_metadata(self, request_id: str, metadata: Mapping[str, str]) -> bool:
+        """Replace one capture's metadata; False if there is no such capture."""
+        with self._write_lock, self._conn:
+            cursor = self._conn.execute(
+                "UPDATE captures SET metadata = ? WHERE request_id = ?",
+                (json.dumps(dict(metadata), separators=(",", ":")), request_id),
+            )
+        return cursor.rowcount > 0
+
     def purge(self, now: float | None = None) -> int:
         """Delete every capture past its retention; returns how many."""
         with self._write_lock:

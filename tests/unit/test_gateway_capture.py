@@ -200,7 +200,11 @@ def test_a_key_sees_and_removes_only_its_own_captures(settings: Settings, home: 
             assert _error(client.get(path, headers=theirs), 404)["code"] == "not_found"
             _error(client.delete(path, headers=theirs), 404)
         assert client.get("/v1/chat/completions", headers=theirs).json()["data"] == []
-        assert client.get(f"/v1/captures/{request_id}", headers=mine).json()["key_id"] == "mine"
+        update = {"metadata": {"mine": "no"}}
+        path = f"/v1/chat/completions/{request_id}"
+        _error(client.post(path, json=update, headers=theirs), 404)
+        mine_now = client.get(f"/v1/captures/{request_id}", headers=mine).json()
+        assert mine_now["key_id"] == "mine" and mine_now["metadata"] == {}
         assert client.get(f"/v1/captures/{request_id}", headers=admin).status_code == 200
         assert len(client.get("/v1/chat/completions", headers=mine).json()["data"]) == 1
         removed = client.delete(f"/v1/captures/{request_id}", headers=mine)
@@ -344,6 +348,15 @@ def test_the_openai_client_stores_lists_retrieves_and_deletes(settings: Settings
         assert [c.id for c in listed.data] == [made.id]
         assert client.chat.completions.list(metadata={"task": "other"}).data == []
         assert [c.id for c in client.chat.completions.list(model=BASE).data] == [made.id]
+        updated = client.chat.completions.update(made.id, metadata={"task": "tagging"})
+        assert updated.id == made.id and updated.metadata == {"task": "tagging"}  # type: ignore[attr-defined]
+        assert client.chat.completions.list(metadata={"task": "routing"}).data == []
+        assert [c.id for c in client.chat.completions.list(metadata={"task": "tagging"}).data] == [
+            made.id
+        ]
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.update(made.id, metadata={str(i): "v" for i in range(17)})
+        assert client.chat.completions.retrieve(made.id).metadata == {"task": "tagging"}  # type: ignore[attr-defined]
         deleted = client.chat.completions.delete(made.id)
         assert (deleted.id, deleted.deleted, deleted.object) == (
             made.id,
