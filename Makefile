@@ -48,8 +48,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy tunegate gateway tuner adapters_store loadtests
 
+# Each script under loadtests/bench/ prints its table and writes JSON (with the load average:
+# run on a quiet machine). About an hour on 2 CPU cores; README.md keeps the latest tables.
+BENCH_OUT ?= runs/bench
 bench: setup
-	@echo "bench: no benchmarks yet (they land with the benchmarks issue)"; exit 2
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python loadtests/bench/gateway_overhead.py --out $(BENCH_OUT)/gateway_overhead.json
+	$(BIN)/python loadtests/bench/hot_swap.py --out $(BENCH_OUT)/hot_swap.json
+	$(BIN)/python loadtests/bench/fast_lora.py --out $(BENCH_OUT)/fast_lora.json
+	$(BIN)/python loadtests/bench/finetune_latency.py --out $(BENCH_OUT)/finetune_latency.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

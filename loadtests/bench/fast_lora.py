@@ -380,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dtype",
-        default="bfloat16",
-        choices=("bfloat16", "float32"),
-        help="model dtype (the gateway's default is bfloat16)",
+        default="auto",
+        choices=("auto", "bfloat16", "float32"),
+        help="model dtype (auto: the gateway's choice here, bf16 only where it is native)",
     )
     parser.add_argument("--engine-run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -394,10 +394,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from adapters_store.bases import BaseRegistry
     from adapters_store.config import default_home
+    from adapters_store.hardware import engine_dtype
     from adapters_store.testing import write_lora
 
     home = default_home()
     base = BaseRegistry(home / "models").get(args.base)
+    args.dtype = engine_dtype(args.dtype)
     out_path = (
         args.out or home / "runs" / "bench" / f"fast_lora-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     )

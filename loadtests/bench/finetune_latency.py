@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,7 @@ from typing import Any
 import httpx
 import openai
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _real_models_dir() -> Path:
-    """The base models of the user's tunegate home (built by `make setup`)."""
-    from adapters_store.config import default_home
-
-    return default_home() / "models"
+from loadtests.bench.common import free_port, prepare_home
 
 
 def main() -> int:
@@ -51,14 +39,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
 
-    models = _real_models_dir()
     home = Path(tempfile.mkdtemp(prefix="ft-latency-"))
-    (home / "models").mkdir()
-    from adapters_store.bases import MANIFEST
-
-    for child in models.iterdir():
-        if (child / MANIFEST).is_file():  # built base models only (not their lock files)
-            (home / "models" / child.name).symlink_to(child, target_is_directory=True)
+    prepare_home(home)
     env = {
         **os.environ,
         "TUNEGATE_HOME": str(home),
@@ -90,7 +72,7 @@ def main() -> int:
         capture_output=True,
     )
     test = json.loads((data / "test.jsonl").read_text().splitlines()[0])["messages"]
-    port = _free_port()
+    port = free_port()
     log = (home / "serve.log").open("wb")
     serve = subprocess.Popen(
         [sys.executable, "-m", "tunegate", "serve", "--port", str(port)],
