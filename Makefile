@@ -55,6 +55,7 @@ bench: setup
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python loadtests/bench/gateway_overhead.py --out $(BENCH_OUT)/gateway_overhead.json
 	$(BIN)/python loadtests/bench/hot_swap.py --out $(BENCH_OUT)/hot_swap.json
+	$(BIN)/python loadtests/bench/many_adapters.py --out $(BENCH_OUT)/many_adapters.json
 	$(BIN)/python loadtests/bench/fast_lora.py --out $(BENCH_OUT)/fast_lora.json
 	$(BIN)/python loadtests/bench/finetune_latency.py --out $(BENCH_OUT)/finetune_latency.json
 
