@@ -85,7 +85,7 @@ def _monitor(args: argparse.Namespace, settings: Settings) -> int:
     elif ref.alias is not None:
         version = store.resolve(ref)
         canary = store.canary(ref)
-        artifacts = {version.ref} | ({canary.ref} if canary is not None else set())
+        artifacts = {version.ref} | ({canary.canary.ref} if canary is not None else set())
         selector = Selector(artifacts=tuple(sorted(artifacts)))
     else:
         selector = Selector(name=ref.name)
