@@ -42,6 +42,7 @@ def test_engine_death_fails_requests_cleanly_and_exits_non_zero(
                     "model": TINY,
                     "messages": [{"role": "user", "content": "Tell a long story."}],
                     "max_tokens": 400,
+                    "ignore_eos": True,  # stays in the engine until it is killed
                 }
                 in_flight = asyncio.ensure_future(client.post("/chat/completions", json=body))
                 deadline = time.monotonic() + 60

@@ -21,16 +21,25 @@ USER = [{"role": "user", "content": "Tell me a long story about a lighthouse kee
 
 
 async def _ask(client: openai.AsyncOpenAI, model: str, max_tokens: int, stream: bool) -> str:
-    """The artifact that served the request; raises if the request failed in any way."""
+    """The artifact that served the request; raises if the request failed in any way.
+
+    `ignore_eos`: the random tiny model may end its answer at any token, and a request must
+    stay in the engine for its whole max_tokens to be "in flight" when the publish lands."""
+    fixed = {"ignore_eos": True}
     if not stream:
         raw = await client.chat.completions.with_raw_response.create(
-            model=model, messages=USER, max_tokens=max_tokens, temperature=0.0
+            model=model, messages=USER, max_tokens=max_tokens, temperature=0.0, extra_body=fixed
         )
         reply = raw.parse()
         assert reply.choices[0].finish_reason in ("length", "stop")
         return raw.headers["x-tunegate-artifact"]
     async with client.chat.completions.with_streaming_response.create(
-        model=model, messages=USER, max_tokens=max_tokens, temperature=0.0, stream=True
+        model=model,
+        messages=USER,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stream=True,
+        extra_body=fixed,
     ) as response:
         reasons = [
             chunk.choices[0].finish_reason
@@ -53,11 +62,13 @@ def test_publish_while_requests_run(
     async def scenario() -> tuple[list[str], str, str]:
         async with openai.AsyncOpenAI(base_url=gateway.v1, api_key="x", max_retries=0) as c:
             in_flight = [
-                asyncio.create_task(_ask(c, "swap", max_tokens=96, stream=i % 2 == 0))
+                asyncio.create_task(_ask(c, "swap", max_tokens=400, stream=i % 2 == 0))
                 for i in range(6)
             ]
             # Let them reach the engine before the new version lands.
+            deadline = time.monotonic() + 120
             while gateway.running() < 3:
+                assert time.monotonic() < deadline, "the requests never reached the engine"
                 await asyncio.sleep(0.05)
             published = await asyncio.to_thread(store.publish, second, "swap")
             await asyncio.sleep(1.0)  # the promise: served within one second of the publish
