@@ -13,7 +13,13 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import launch_gateway, link_models
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from adapters_store.bases import BaseModel
     from tests.integration.conftest import RunningGateway
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -128,8 +134,23 @@ def _wait_idle(gateway: RunningGateway) -> int:
     return gateway.running()
 
 
+@pytest.fixture(scope="module")
+def long_gateway(
+    tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path, tiny_model: BaseModel
+) -> Iterator[RunningGateway]:
+    """A gateway whose context fits 2,000-token answers: the tiny model decodes a few hundred
+    tokens faster than a client can see its first one and ask /health (float32 engines)."""
+    home = link_models(tmp_path_factory.mktemp("long-home"), shared_models_dir)
+    env = {"TUNEGATE_GATEWAY_ENGINE_MAX_MODEL_LEN": "2048"}
+    with launch_gateway(home, tiny_model, env=env) as running:
+        yield running
+
+
 @pytest.mark.parametrize("stream", [True, False])
-def test_client_disconnect_aborts_the_engine_request(gateway: RunningGateway, stream: bool) -> None:
+def test_client_disconnect_aborts_the_engine_request(
+    long_gateway: RunningGateway, stream: bool
+) -> None:
+    gateway = long_gateway
     assert _wait_idle(gateway) == 0
     started = time.time()
     # The random model may sample its end-of-text token at any step, and a quiet machine
@@ -138,7 +159,7 @@ def test_client_disconnect_aborts_the_engine_request(gateway: RunningGateway, st
     body = {
         "model": TINY,
         "prompt": "Name three colours.",
-        "max_tokens": 480,
+        "max_tokens": 2000,
         "ignore_eos": True,
         "stream": stream,
     }
@@ -156,10 +177,10 @@ def test_client_disconnect_aborts_the_engine_request(gateway: RunningGateway, st
             # leaving the block closes the connection mid-stream
         else:
             with pytest.raises(httpx.ReadTimeout):
-                client.post("/v1/completions", json=body, timeout=1.0)
+                client.post("/v1/completions", json=body, timeout=0.5)
     # The engine's running count falls back to zero...
     assert _wait_idle(gateway) == 0
-    # ...because the request was aborted, not because it finished its 480 tokens.
+    # ...because the request was aborted, not because it finished its 2000 tokens.
     assert httpx.get(gateway.v1 + "/usage").status_code == 200  # flushes the records
     conn = sqlite3.connect(gateway.home / "accounting.sqlite3")
     try:
@@ -173,4 +194,4 @@ def test_client_disconnect_aborts_the_engine_request(gateway: RunningGateway, st
     assert len(rows) == 1
     status, http_status, completion_tokens = rows[0]
     assert (status, http_status) == ("aborted", 499)
-    assert completion_tokens < 480
+    assert completion_tokens < 2000
