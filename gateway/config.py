@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters_store.hardware import ENGINE_DTYPES
 from gateway.auth.config import AuthConfig
 from gateway.capture.config import CaptureConfig
 from gateway.monitoring.config import MonitorConfig
 
 __all__ = ["AccountingConfig", "EngineConfig", "GatewayConfig", "Price"]
 
-_DTYPES = ("auto", "bfloat16", "float16", "float32")
+_DTYPES = ENGINE_DTYPES  # what engine_dtype() accepts; auto is resolved there
 
 
 @dataclass
