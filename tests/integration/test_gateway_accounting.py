@@ -146,13 +146,10 @@ def long_gateway(
         yield running
 
 
-@pytest.mark.parametrize("stream", [True, False])
-def test_client_disconnect_aborts_the_engine_request(
-    long_gateway: RunningGateway, stream: bool
-) -> None:
-    gateway = long_gateway
-    assert _wait_idle(gateway) == 0
-    started = time.time()
+def _hang_up_mid_answer(gateway: RunningGateway, stream: bool, seen: list[str]) -> bool:
+    """Ask for a 2,000-token answer and hang up once it is under way; whether the engine
+    still held the request when the client left (always assumed for the non-streamed case,
+    whose client gives up after 0.5 s)."""
     # The random model may sample its end-of-text token at any step, and a quiet machine
     # decodes its tiny layers fast: `ignore_eos` (vLLM's extra parameter) keeps the request
     # generating for all of its max_tokens, long past the disconnect below.
@@ -163,21 +160,42 @@ def test_client_disconnect_aborts_the_engine_request(
         "ignore_eos": True,
         "stream": stream,
     }
+    started = time.time()
     with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        if stream:
-            with client.stream("POST", "/v1/completions", json=body) as response:
-                # Held in a name: dropping the line iterator closes the response (httpx),
-                # and the connection must stay open until the check below.
-                lines = response.iter_lines()
-                for line in lines:
-                    chunk = json.loads(line.removeprefix("data: ")) if line.strip() else {}
-                    if chunk.get("choices") and chunk["choices"][0].get("text"):
-                        break  # the engine has produced a token: generation is under way
-                assert gateway.running() == 1
-            # leaving the block closes the connection mid-stream
-        else:
+        if not stream:
             with pytest.raises(httpx.ReadTimeout):
                 client.post("/v1/completions", json=body, timeout=0.5)
+            return True
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200, response.read()
+            # Held in a name: dropping the line iterator closes the response (httpx), and
+            # the connection must stay open until the check below.
+            lines = response.iter_lines()
+            for line in lines:
+                seen.append(f"{time.time() - started:.2f}s {line[:120]}")
+                chunk = json.loads(line.removeprefix("data: ")) if line.strip() else {}
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    break  # the engine has produced a token: generation is under way
+            running = gateway.running()
+            seen.append(f"{time.time() - started:.2f}s running={running}")
+            return running == 1
+        # leaving the block closes the connection mid-stream
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_aborts_the_engine_request(
+    long_gateway: RunningGateway, stream: bool
+) -> None:
+    gateway = long_gateway
+    seen: list[str] = []  # what the client saw before it hung up (for the failure message)
+    # A CI run once saw the first token reach the client only after the engine had finished
+    # the whole answer (the machine was busy elsewhere): such a try shows nothing about
+    # disconnects, so it is tried again, a few times at most.
+    for _ in range(3):
+        assert _wait_idle(gateway) == 0
+        started = time.time()
+        if _hang_up_mid_answer(gateway, stream, seen):
+            break
     # The engine's running count falls back to zero...
     assert _wait_idle(gateway) == 0
     # ...because the request was aborted, not because it finished its 2000 tokens.
@@ -191,7 +209,8 @@ def test_client_disconnect_aborts_the_engine_request(
         ).fetchall()
     finally:
         conn.close()
-    assert len(rows) == 1
+    why = "\n".join([*seen[-12:], gateway.log_tail(30)])
+    assert len(rows) == 1, why
     status, http_status, completion_tokens = rows[0]
-    assert (status, http_status) == ("aborted", 499)
-    assert completion_tokens < 2000
+    assert (status, http_status) == ("aborted", 499), why
+    assert completion_tokens < 2000, why
