@@ -25,6 +25,7 @@ _COMMANDS = [
     "data",
     "captures",
     "tune",
+    "retrain",
     "distill",
     "eval",
     "store",

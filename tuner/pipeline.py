@@ -29,7 +29,9 @@ __all__ = [
     "evaluate_reference",
     "evaluate_run",
     "make_backend",
+    "run_spec",
     "tune",
+    "version_spec",
 ]
 
 Printer = Callable[[str], None]
@@ -107,6 +109,21 @@ def _training_profile(run: RunResult, task: Task | None) -> dict[str, Any]:
     return profile_training_data(run.data.train, tokenizer, labels, heldout).to_card()
 
 
+def run_spec(run: RunResult) -> ModelSpec:
+    """How the evaluation runs a run's output: the adapter on its base, or the model."""
+    if run.recipe.method == "lora":
+        return ModelSpec(path=run.base.path, adapter=run.output_dir, name=run.recipe.name)
+    return ModelSpec(path=run.output_dir, name=run.recipe.name)
+
+
+def version_spec(version: Any, base_path: Path) -> ModelSpec:
+    """How the evaluation runs a published `ArtifactVersion`: an adapter on its base's
+    folder, or the model folder."""
+    if version.kind == "lora":
+        return ModelSpec(path=base_path, adapter=version.path, name=version.name, uid=version.uid)
+    return ModelSpec(path=version.path, name=version.name, uid=version.uid)
+
+
 def evaluate_run(
     run: RunResult,
     spec: ModelSpec,
@@ -159,11 +176,7 @@ def tune(
         )
     configure_threads(config.threads, echo)
     run = train(recipe, home, resume=resume, echo=echo)
-    if recipe.method == "lora":
-        spec = ModelSpec(path=run.base.path, adapter=run.output_dir, name=recipe.name)
-    else:
-        spec = ModelSpec(path=run.output_dir, name=recipe.name)
-    evaluation = evaluate_run(run, spec, config, backend, echo)
+    evaluation = evaluate_run(run, run_spec(run), config, backend, echo)
     reference = None
     if recipe.publish:
         kind = "lora" if recipe.method == "lora" else "model"
@@ -202,10 +215,7 @@ def evaluate_reference(
     task: Task | None = (
         get_task(task_name or card["task"]) if (task_name or card.get("task")) else None
     )
-    if version.kind == "lora":
-        spec = ModelSpec(path=base.path, adapter=version.path, name=version.name, uid=version.uid)
-    else:
-        spec = ModelSpec(path=version.path, name=version.name, uid=version.uid)
+    spec = version_spec(version, base.path)
     generator, scorer, chosen = make_backend(backend or config.eval_backend, config)
     try:
         result = evaluate(
