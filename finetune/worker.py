@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -26,8 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune.distillation import (
+    NoStoredCompletionsError,
+    build_training_file,
+    needs_training_file,
+)
 from finetune.names import checkpoint_model_name, fine_tuned_model_name, store_name_for
-from finetune.state import JobRow, JobState, NotFoundError
+from finetune.state import FileTooLargeError, JobRow, JobState, NotFoundError
 
 if TYPE_CHECKING:
     from tunegate.config import Settings
@@ -40,6 +46,12 @@ log = logging.getLogger("tunegate.worker")
 MAX_ATTEMPTS = 2  # starts of one job (the first + one resume after a crash)
 _RESULTS_MAX_BYTES = 64 * 1024 * 1024
 _VALIDATE_EVERY_S = 5.0  # how often a running job pauses to validate newly created jobs
+# tuner.train's log keys -> OpenAI's names in metrics events and checkpoint metrics.
+_TRAIN_METRICS = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy"}
+_VALID_METRICS = {
+    "eval_loss": "valid_loss",
+    "eval_mean_token_accuracy": "valid_mean_token_accuracy",
+}
 
 
 class _Stopped(Exception):
@@ -166,6 +178,18 @@ class Worker:
         """`validating_files` -> `queued`, or `failed` with every line-level reason."""
         from tuner.data import validate_file
 
+        if needs_training_file(job):
+            try:
+                built, summary = build_training_file(self.settings, self.state, job)
+            except (NoStoredCompletionsError, FileTooLargeError) as exc:
+                code = (
+                    "no_stored_completions"
+                    if isinstance(exc, NoStoredCompletionsError)
+                    else "invalid_training_file"
+                )
+                return self._fail(job, "validating_files", code, str(exc), "method.distillation")
+            self.state.add_event(job.id, summary)
+            job = dataclasses.replace(job, training_file=built.id)
         self.state.add_event(job.id, f"Validating training file: {job.training_file}")
         try:
             tokenizer, limit = self._tokenizer(job.model)
@@ -336,20 +360,21 @@ def _metrics_csv(metrics: Path) -> bytes:
     """OpenAI's step_metrics.csv columns, from the run's metrics.jsonl."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["step", "train_loss", "valid_loss", "learning_rate", "epoch", "elapsed_s"])
+    columns = {  # CSV column <- metrics.jsonl key (tuner.train's log names)
+        "step": "step",
+        "train_loss": "loss",
+        "valid_loss": "eval_loss",
+        "train_mean_token_accuracy": "mean_token_accuracy",
+        "valid_mean_token_accuracy": "eval_mean_token_accuracy",
+        "learning_rate": "learning_rate",
+        "epoch": "epoch",
+        "elapsed_s": "elapsed_s",
+    }
+    writer.writerow(columns)
     rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     for r in rows:
         if "loss" in r or "eval_loss" in r:
-            writer.writerow(
-                [
-                    r.get("step"),
-                    r.get("loss", ""),
-                    r.get("eval_loss", ""),
-                    r.get("learning_rate", ""),
-                    r.get("epoch", ""),
-                    r.get("elapsed_s", ""),
-                ]
-            )
+            writer.writerow([r.get(key, "") for key in columns.values()])
     return out.getvalue().encode()
 
 
@@ -386,16 +411,20 @@ def _progress_callback(worker: Worker, job: JobRow, ft_name: str) -> Any:
                 return
             step, total = int(state.global_step), int(state.max_steps)
             data: dict[str, Any] = {"step": step, "total_steps": total}
+            # OpenAI's metrics event: step, train/valid loss and mean token accuracy.
             if "loss" in logs:
-                data["train_loss"] = float(logs["loss"])
-                self.last["train_loss"] = data["train_loss"]
-                message = f"Step {step}/{total}: training loss={data['train_loss']:.4f}"
+                split, names = "training", _TRAIN_METRICS
             elif "eval_loss" in logs:
-                data["valid_loss"] = float(logs["eval_loss"])
-                self.last["valid_loss"] = data["valid_loss"]
-                message = f"Step {step}/{total}: validation loss={data['valid_loss']:.4f}"
+                split, names = "validation", _VALID_METRICS
             else:
                 return
+            values = {name: float(logs[key]) for key, name in names.items() if key in logs}
+            data.update(values)
+            self.last.update(values)
+            loss, accuracy = names.values()
+            message = f"Step {step}/{total}: {split} loss={values[loss]:.4f}" + (
+                f", token accuracy={values[accuracy]:.4f}" if accuracy in values else ""
+            )
             jobs.add_event(job.id, message, data=data, type_="metrics")
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

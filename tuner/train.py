@@ -29,6 +29,7 @@ from tuner.hardware import resolve_precision
 from tuner.prefix import pad_batch, prefix_forward
 from tuner.recipe import Recipe
 from tuner.tasks import get_task
+from tuner.token_accuracy import TokenAccuracy
 
 __all__ = [
     "DataFiles",
@@ -318,6 +319,7 @@ def _build_trainer(
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     counter = _TokenCounter()
+    accuracy = TokenAccuracy()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
@@ -339,6 +341,7 @@ def _build_trainer(
                 model, inputs["input_ids"], inputs["attention_mask"], keep
             ).float()
             picked = targets[:, keep]
+            accuracy.update(logits, picked, training=model.training)
             loss_sum = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)),
                 picked.reshape(-1),
@@ -352,6 +355,10 @@ def _build_trainer(
             else:
                 loss = loss_sum / (picked != IGNORE_INDEX).sum().clamp(min=1)
             return (loss, {"logits": logits}) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            accuracy.add_to(logs)  # train/eval mean token accuracy beside the loss
+            super().log(logs, start_time)
 
     class _MetricsLog(TrainerCallback):  # type: ignore[misc]
         def __init__(self) -> None:

@@ -52,11 +52,15 @@ def stored_examples(
     metadata: Mapping[str, str],
     model: str | None = None,
     since: float | None = None,
+    key_id: str | None = None,
 ) -> Examples:
     """Stored chat completions whose metadata has every pair of `metadata`, oldest first;
-    `model`: as requested (`telecom@prod`), the version that answered or its name."""
+    `model`: as requested (`telecom@prod`), the version that answered or its name;
+    `key_id`: only those sent with that API key (None: every caller's)."""
     out = Examples()
-    found = store.find(stored=True, operation="chat", since=since, metadata=metadata, model=model)
+    found = store.find(
+        stored=True, operation="chat", since=since, metadata=metadata, model=model, key_id=key_id
+    )
     for capture in found:
         messages = _example(capture, capture.response, with_system_prompt=False)
         if messages is None:

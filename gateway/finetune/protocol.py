@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.protocol import check_metadata
 
 __all__ = [
     "Checkpoint",
     "CheckpointMetrics",
+    "DistillationMethod",
     "FileDeleted",
     "FileObject",
     "FineTuningJob",
@@ -84,19 +87,37 @@ class SupervisedMethod(BaseModel):
     hyperparameters: JobHyperparameters | None = None
 
 
+class DistillationMethod(BaseModel):
+    """tunegate's extension, shaped like `supervised`: train on the stored completions
+    (`store: true`) of `teacher` whose metadata has every pair of `metadata`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(min_length=1, max_length=256)
+    metadata: dict[str, str] | None = None
+    hyperparameters: JobHyperparameters | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return check_metadata(value)
+
+
 class JobMethod(BaseModel):
     # dpo / reinforcement are accepted by the schema and refused with a clear message.
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "distillation", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    distillation: DistillationMethod | None = None
     dpo: dict[str, Any] | None = None
     reinforcement: dict[str, Any] | None = None
 
 
 class JobCreateRequest(_Request):
     model: str = Field(min_length=1, max_length=256)
-    training_file: str = Field(min_length=1, max_length=128)
+    # Required except for `distillation`, which builds it from stored completions.
+    training_file: str | None = Field(default=None, min_length=1, max_length=128)
     hyperparameters: JobHyperparameters | None = None  # deprecated in favour of `method`
     integrations: list[dict[str, Any]] | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)

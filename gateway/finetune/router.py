@@ -118,6 +118,10 @@ def delete_file(file_id: str, request: Request[Any, Any, Any]) -> FileDeleted:
     tags=["fine-tuning"],
 )
 def create_job(request: Request[Any, Any, Any], data: JobCreateRequest) -> FineTuningJob:
+    capturer = getattr(request.app.state, "capturer", None)
+    if data.method is not None and data.method.type == "distillation" and capturer is not None:
+        # Read-your-writes: completions stored just before the job are in its training file.
+        capturer.flush()
     return _api(request).create_job(data, owner_of(request))
 
 

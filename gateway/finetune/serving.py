@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 from typing import IO, TYPE_CHECKING, Any
 
+from adapters_store.catalog import parse_reference
+from adapters_store.errors import InvalidReferenceError
 from finetune.hyper import HyperparameterError, resolve_hyperparameters
-from finetune.names import SUFFIX_RE
+from finetune.names import SUFFIX_RE, store_name_for
 from finetune.state import (
     CheckpointRow,
     EventRow,
@@ -31,6 +33,7 @@ from gateway.finetune.protocol import (
     JobCreateRequest,
     JobError,
     JobEvent,
+    JobMethod,
     ListPage,
 )
 
@@ -170,24 +173,25 @@ class FinetuneAPI:
                 "suffix may hold letters, digits, '-', '_' and '.' only (up to 64)",
                 param="suffix",
             )
-        hyper, where = body.hyperparameters, "hyperparameters"
+        kind = body.method.type if body.method is not None else "supervised"
         if body.method is not None:
-            if body.method.type != "supervised":
+            self._check_method(body.method)
+        if body.training_file is None and kind != "distillation":
+            raise BadRequestError(
+                "training_file is required (only method.type 'distillation' builds its "
+                "training file from stored completions)",
+                param="training_file",
+            )
+        hyper, where = body.hyperparameters, "hyperparameters"
+        chosen = getattr(body.method, kind) if body.method is not None else None
+        if chosen is not None and chosen.hyperparameters:
+            if hyper is not None:
                 raise BadRequestError(
-                    f"method.type {body.method.type!r} is not supported; use 'supervised'",
-                    param="method.type",
+                    f"give hyperparameters either in method.{kind} or at the top "
+                    "level (deprecated), not both",
+                    param="hyperparameters",
                 )
-            if body.method.supervised and body.method.supervised.hyperparameters:
-                if hyper is not None:
-                    raise BadRequestError(
-                        "give hyperparameters either in method.supervised or at the top "
-                        "level (deprecated), not both",
-                        param="hyperparameters",
-                    )
-                hyper, where = (
-                    body.method.supervised.hyperparameters,
-                    "method.supervised.hyperparameters",
-                )
+            hyper, where = chosen.hyperparameters, f"method.{kind}.hyperparameters"
         try:
             resolved = resolve_hyperparameters(
                 hyper.model_dump(exclude_none=True) if hyper else None, self.config, where
@@ -218,14 +222,63 @@ class FinetuneAPI:
         job = self.state.create_job(
             owner=owner,
             model=body.model,
-            training_file=body.training_file,
+            # Empty until the worker builds it (distillation without a training_file).
+            training_file=body.training_file or "",
             validation_file=body.validation_file,
             suffix=body.suffix,
             seed=body.seed if body.seed is not None else 42,
-            method={"type": "supervised", "supervised": {"hyperparameters": resolved}},
+            method={"type": kind, kind: self._method_settings(body.method, resolved)},
             metadata=body.metadata,
         )
         return self.job_object(job)
+
+    def _check_method(self, method: JobMethod) -> None:
+        """The type is one we run, its settings object is the only one given, and a
+        distillation names a teacher the gateway can serve."""
+        if method.type not in ("supervised", "distillation"):
+            raise BadRequestError(
+                f"method.type {method.type!r} is not supported; use 'supervised' or 'distillation'",
+                param="method.type",
+            )
+        for other in ("supervised", "distillation", "dpo", "reinforcement"):
+            if other != method.type and getattr(method, other) is not None:
+                raise BadRequestError(
+                    f"method.{other} is given but method.type is {method.type!r}",
+                    param=f"method.{other}",
+                )
+        if method.type != "distillation":
+            return
+        if method.distillation is None:
+            raise BadRequestError(
+                "method.distillation is required when method.type is 'distillation': "
+                'give at least its teacher, e.g. {"teacher": "telecom@prod", '
+                '"metadata": {"task": "routing"}}',
+                param="method.distillation",
+            )
+        teacher = method.distillation.teacher
+        if teacher in self.served_bases or store_name_for(teacher) is not None:
+            return
+        try:
+            parse_reference(teacher)
+        except InvalidReferenceError as exc:
+            raise BadRequestError(
+                f"method.distillation.teacher {teacher!r} is neither a served base model "
+                f"({', '.join(self.served_bases)}), a fine_tuned_model name nor a store "
+                f"reference (name, name@3, name@alias): {exc}",
+                param="method.distillation.teacher",
+            ) from None
+
+    @staticmethod
+    def _method_settings(method: JobMethod | None, resolved: dict[str, Any]) -> dict[str, Any]:
+        """The job's `method.<type>` object as stored and shown: the resolved
+        hyperparameters, and for a distillation its teacher and metadata filter."""
+        if method is None or method.distillation is None:
+            return {"hyperparameters": resolved}
+        return {
+            "teacher": method.distillation.teacher,
+            "metadata": method.distillation.metadata or {},
+            "hyperparameters": resolved,
+        }
 
     def get_job(self, job_id: str, owner: str | None) -> FineTuningJob:
         try:
