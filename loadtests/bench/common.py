@@ -8,6 +8,7 @@ The benchmarks talk to the servers they measure over HTTP only; they import
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_BASE",
     "MANY_PROMPTS",
     "PROMPTS",
+    "finish",
     "free_port",
     "gateway_command",
     "gateway_env",
@@ -83,6 +85,16 @@ PROMPTS = [a.format(s) for s in _SUBJECTS for a in _ASKS]
 MANY_PROMPTS = PROMPTS + [a.format(s) for s in _MORE_SUBJECTS for a in _ASKS]
 
 
+def finish(out: Path, result: dict[str, object], table: str) -> int:
+    """Write a benchmark's JSON (with the machine's size and the load average at the end:
+    figures from a shared machine mean little without it), print its table; exit code 0."""
+    result = {**result, "cpu_count": os.cpu_count(), "load_avg_after": os.getloadavg()}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    print(f"wrote {out}")
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,10 +152,15 @@ def gateway_env(home: Path, base_id: str, engine: Mapping[str, object]) -> dict[
 
 @contextlib.contextmanager
 def serving(
-    name: str, cmd: list[str], env: dict[str, str], port: int, log: Path
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    health: str = "/health",
 ) -> Iterator[tuple[str, int]]:
-    """Start a server in its own process group, wait for /health, yield (url, pid); on exit
-    SIGTERM, then SIGKILL to the whole group (its engine processes too)."""
+    """Start a server in its own process group, wait for `health` to answer 200, yield
+    (url, pid); on exit SIGTERM, then SIGKILL to the whole group (its engine processes too)."""
     with log.open("ab") as out:
         out.write(f"\n===== {name}: {' '.join(cmd)}\n".encode())
         out.flush()
@@ -157,7 +174,7 @@ def serving(
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited during start-up; see {log}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if httpx.get(url + health, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} not ready after {START_TIMEOUT_S} s; see {log}")

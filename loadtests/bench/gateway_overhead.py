@@ -38,6 +38,7 @@ import httpx
 from loadtests.bench.common import (
     DEFAULT_BASE,
     PROMPTS,
+    finish,
     free_port,
     gateway_command,
     gateway_env,
@@ -256,11 +257,18 @@ def _measure_round(
 # ----------------------------------------------------------------------------- main
 
 
-def _summary(rounds: list[Round], modes: list[str], concurrencies: list[int]) -> dict[str, Any]:
+def _summary(
+    rounds: list[Round],
+    modes: list[str],
+    concurrencies: list[int],
+    ours: str = "gateway",
+    peer: str = "vllm",
+) -> dict[str, Any]:
+    """Per workload, each server's medians and the ratios `ours` / `peer`."""
     summary: dict[str, Any] = {}
     for concurrency, mode in ((c, m) for c in concurrencies for m in modes):
         medians = {}
-        for server in ("gateway", "vllm"):
+        for server in (ours, peer):
             rs = [
                 r
                 for r in rounds
@@ -280,7 +288,7 @@ def _summary(rounds: list[Round], modes: list[str], concurrencies: list[int]) ->
                 "ttft_p50_ms": ttft["p50"],
                 "ttft_p99_ms": ttft["p99"],
             }
-        g, v = medians["gateway"], medians["vllm"]
+        g, v = medians[ours], medians[peer]
         streamed = g["ttft_p50_ms"] is not None and v["ttft_p50_ms"] is not None
         summary[f"{mode} c={concurrency}"] = {
             **medians,
@@ -403,16 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         "engine": ENGINE,
         "order": order,
         "fast_lora_plugin_active": fast_lora,
-        "cpu_count": os.cpu_count(),
         "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(),
         "summary": summary,
         "rounds": [asdict(r) for r in rounds],
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(_table(summary))
-    print(f"wrote {args.out}")
-    return 0
+    return finish(args.out, result, _table(summary))
 
 
 if __name__ == "__main__":
