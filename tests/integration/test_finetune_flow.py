@@ -1,7 +1,8 @@
 """OpenAI's fine-tuning flow against the integration tests' real `tunegate serve` (which
 runs `tunegate worker`, checkpointing every 10 steps by default), on the tiny model, driven
 only through the official `openai` client: upload, create a job, follow its events to
-`succeeded`, chat with `fine_tuned_model`, list checkpoints; a bad file failing validation
+`succeeded` (with loss and token accuracy), chat with `fine_tuned_model`, list checkpoints;
+a `distillation` job trained on a teacher's stored completions; a bad file failing validation
 with line numbers; a cancel mid-run; and a worker killed mid-job that is restarted, resumes
 the job it was running and then runs the job queued behind it."""
 
@@ -113,16 +114,75 @@ def test_upload_train_follow_events_and_chat_with_the_result(
     steps = sorted({m["step"] for m in metrics if "train_loss" in m})  # type: ignore[index,operator]
     assert steps == list(range(1, 11))
     assert any("valid_loss" in m for m in metrics)  # type: ignore[operator]
+    # OpenAI's token accuracy beside each loss: a share of the label tokens.
+    for loss, accuracy in (
+        ("train_loss", "train_mean_token_accuracy"),
+        ("valid_loss", "valid_mean_token_accuracy"),
+    ):
+        shares = [m[accuracy] for m in metrics if loss in m]  # type: ignore[index,operator]
+        assert shares and all(0.0 <= a <= 1.0 for a in shares)
     assert events[0].message == "The job has successfully completed"
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
     assert [c.step_number for c in checkpoints] == [10]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{name}:ckpt-step-10"
     assert checkpoints[0].metrics.train_loss is not None
+    assert checkpoints[0].metrics.train_mean_token_accuracy is not None
     # The result file is the metrics CSV, downloadable like any file.
     (result,) = done.result_files
     csv_text = client.files.content(result).text
-    assert csv_text.splitlines()[0].startswith("step,train_loss,valid_loss")
+    assert csv_text.splitlines()[0].startswith(
+        "step,train_loss,valid_loss,train_mean_token_accuracy,valid_mean_token_accuracy"
+    )
     assert len(csv_text.splitlines()) >= 11
+
+
+def test_distillation_from_a_teachers_stored_completions(
+    gateway: RunningGateway, client: openai.OpenAI
+) -> None:
+    """OpenAI's distillation flow: chat with `store: true` + metadata to the teacher, then a
+    `distillation` job trains on a file the worker builds from those completions."""
+    tag = {"task": "routing", "run": f"distill-{time.time_ns()}"}
+    for i in range(8):
+        client.chat.completions.create(
+            model=TINY,
+            messages=[{"role": "user", "content": f"Ticket {i}: my {LABELS[i % 4]} is broken"}],
+            max_tokens=4,
+            store=True,
+            metadata=tag,
+        )
+    # `distillation` is tunegate's extension: the client's `method` type does not list it,
+    # and its `training_file` is left out (the worker builds it), hence omit + extra_body.
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=openai.omit,  # type: ignore[arg-type]
+        suffix="distilled",
+        extra_body={
+            "method": {
+                "type": "distillation",
+                "distillation": {
+                    "teacher": TINY,
+                    "metadata": tag,
+                    "hyperparameters": {"n_epochs": 1, "batch_size": 4},
+                },
+            }
+        },
+    )
+    done = _until("the distillation job", gateway, lambda: _finished(client, job.id))
+    assert done.status == "succeeded", done.error
+    built = client.files.retrieve(done.training_file)
+    assert built.purpose == "fine-tune"
+    examples = client.files.content(built.id).text.splitlines()
+    assert 0 < len(examples) <= 8
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
+    assert any(e.message.startswith(f"Built training file {built.id}") for e in events)
+    metrics = [e.data for e in events if e.type == "metrics"]
+    assert metrics and all("train_mean_token_accuracy" in m for m in metrics)  # type: ignore[operator]
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model or "",
+        messages=[{"role": "user", "content": "Ticket 9: my roaming is broken"}],
+        max_tokens=4,
+    )
+    assert reply.choices[0].message.content is not None
 
 
 def test_a_bad_file_fails_in_validation_with_line_numbers(
