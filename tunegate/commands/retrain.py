@@ -8,6 +8,7 @@ Exit status: 0 published (or not worse with publish=false), 3 worse (nothing pub
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -84,8 +85,12 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     def echo(text: str) -> None:
         print(text, file=out, flush=True)
 
-    store = Store.open(settings)
-    try:
+    with contextlib.ExitStack() as stack:
+        store = Store.open(settings)
+        stack.callback(store.close)
+        if args.json:
+            # transformers' Trainer prints its log lines to stdout: send them to stderr.
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         feedback = None
         if args.from_feedback:
             name = store.resolve(args.ref).name
@@ -102,8 +107,6 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
             tolerance=args.tolerance,
             echo=echo,
         )
-    finally:
-        store.close()
     report = outcome.to_dict()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if outcome.decision.not_worse else WORSE_EXIT
