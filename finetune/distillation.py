@@ -44,7 +44,8 @@ def _wanted(teacher: str, metadata: dict[str, str], owner: str | None) -> str:
 
 def build_training_file(settings: Settings, state: JobState, job: JobRow) -> tuple[FileRow, str]:
     """Store the job's training file and point the job at it; (the file, a one-line summary
-    for the job's events). Raises `NoStoredCompletionsError` when nothing matches."""
+    for the job's events). Raises `NoStoredCompletionsError` when nothing matches, and
+    `FileTooLargeError` past `finetune.max_file_bytes` (nothing is kept then)."""
     from gateway.capture import CaptureStore, captures_path
     from gateway.capture.examples import stored_examples
 
