@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint typecheck bench clean
+.PHONY: setup test demo lint typecheck bench bench-litellm clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,21 @@ bench: setup
 	$(BIN)/python loadtests/bench/many_adapters.py --out $(BENCH_OUT)/many_adapters.json
 	$(BIN)/python loadtests/bench/fast_lora.py --out $(BENCH_OUT)/fast_lora.json
 	$(BIN)/python loadtests/bench/finetune_latency.py --out $(BENCH_OUT)/finetune_latency.json
+	$(BIN)/python loadtests/bench/tuning_throughput.py --out $(BENCH_OUT)/tuning_throughput.json
+	$(MAKE) bench-litellm
+
+# LiteLLM's proxy lives in its own virtual environment: its pins (fastapi, openai, httpx, ...)
+# must never move tunegate's.
+LITELLM_VENV := .bench-venv-litellm
+LITELLM_VERSION ?= 1.108.7
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+
+bench-litellm: setup $(LITELLM_VENV)/bin/litellm
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python loadtests/bench/litellm_overhead.py --litellm $(LITELLM_VENV)/bin/litellm \
+		--out $(BENCH_OUT)/litellm_overhead.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LITELLM_VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

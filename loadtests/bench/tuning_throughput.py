@@ -398,10 +398,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"loss {run.final_loss}; load {run.load_avg_1m:.2f})",
                 flush=True,
             )
+            # Each run takes minutes: keep what is measured if the bench is stopped.
+            partial = {"complete": False, "runs": [asdict(r) for r in runs]}
+            args.out.write_text(json.dumps(partial, indent=2) + "\n")
 
     summary = summarize(runs)
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "complete": True,
         "base": DEFAULT_BASE,
         "recipe": str(RECIPE.relative_to(REPO)),
         "overrides": [o for o in overrides if not o.startswith("train_file=")],
