@@ -354,7 +354,9 @@ def pipeline_fit(
     def fit(recipe: Recipe, current: ModelSpec, echo: Printer) -> Fitted:
         configure_threads(config.threads, echo)
         run = train(recipe, home, echo=echo)
-        evaluation = evaluate_run(run, run_spec(run), config, backend, echo, {CURRENT: current})
+        # vLLM keys a loaded LoRA by its int id: the new adapter must not reuse the current's.
+        new = dataclasses.replace(run_spec(run), uid=current.uid + 1)
+        evaluation = evaluate_run(run, new, config, backend, echo, {CURRENT: current})
         return Fitted(run.output_dir, run.run_dir, evaluation, build_card(run, evaluation))
 
     return fit
