@@ -151,7 +151,14 @@ def test_a_worse_version_is_not_published(
     assert outcome.to_dict()["decision"] == "worse"
     assert [v.ref for v in store.list("telecom")] == ["telecom@1"]
     assert [e.action for e in store.audit("telecom")] == ["publish"]
+    # Not worse, but the recipe says publish=false: reported, nothing published.
+    fit.scores = (SAME, SAME)
+    dry = retrain(store, "telecom", home, fit, overrides=["publish=false"], echo=lambda _: None)
+    assert dry.decision.not_worse and dry.published is None
+    assert dry.to_dict()["decision"] == "not_published"
+    assert [v.ref for v in store.list("telecom")] == ["telecom@1"]
     # The same drop within the tolerance counts as not worse.
+    fit.scores = (SAME, {"accuracy": 0.5, "macro_f1": 0.35})
     within = retrain(store, "telecom", home, fit, tolerance=0.05, echo=lambda _: None)
     assert within.published == "telecom@2"
 
