@@ -201,7 +201,7 @@ def find_source(
         )
     if not recipe.evaluate:
         raise RetrainError("evaluate=false: the new version must be compared with the current")
-    data = _original_data(current, recipe, home, "train_file" in changes, echo)
+    data = _original_data(current, recipe, home, set(changes), echo)
     if data.test is None or not data.test.is_file():
         raise RetrainError(
             f"{current.ref}: no held-out test file to compare the versions on "
@@ -211,15 +211,24 @@ def find_source(
 
 
 def _original_data(
-    current: ArtifactVersion, recipe: Recipe, home: Path, train_overridden: bool, echo: Printer
+    current: ArtifactVersion, recipe: Recipe, home: Path, overridden: set[str], echo: Printer
 ) -> DataFiles:
     """The recipe's files (a demo task's are regenerated when absent: the generator is
     deterministic and the folder is named by its inputs); the training file must still hash
     to the card's `dataset_sha256` unless the caller named another one."""
+    train_overridden = "train_file" in overridden
     recorded_train = _run_train_file(current)
     if recorded_train is not None and not train_overridden and recipe.train_file is not None:
         # A relative train_file was relative to where `tune` ran; the run recorded it whole.
         recipe = dataclasses.replace(recipe, train_file=str(recorded_train))
+    for key in ("train_file", "valid_file", "test_file"):
+        named = getattr(recipe, key)
+        # A file the recipe named is never regenerated in its place: it was the user's data.
+        if named is not None and key not in overridden and not Path(named).expanduser().exists():
+            raise RetrainError(
+                f"the training data of {current.ref} is not reachable: {key} {named} does "
+                f"not exist; pass {key}=PATH to retrain from a copy"
+            )
     try:
         data = prepare_data(recipe, home, echo)
     except TrainingError as exc:

@@ -263,6 +263,15 @@ def test_bad_input_is_refused_before_training(
     message = _refused(store, home, fit, "gone")
     assert "training data of gone@1 is not reachable" in message and "gone.jsonl" in message
 
+    # A demo task's recipe that named its own test file: never regenerated in its place.
+    named = tmp_path / "lost" / "test.jsonl"
+    lost = Recipe(name="lost", task=TASK, base=tiny_model.id, n_train=12, test_file=str(named))
+    store.publish(
+        write_lora(tmp_path / "lost-v1", tiny_model, r=4), "lost", card={"recipe": lost.to_dict()}
+    )
+    assert f"test_file {named} does not exist" in _refused(store, home, fit, "lost")
+    assert not named.exists()
+
 
 def test_cli_reads_corrections_and_reports(
     store: Store,
