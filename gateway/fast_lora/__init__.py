@@ -16,9 +16,10 @@ rest of `gateway` (and torch, until `register` needs it) stays out of those proc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 __all__ = [
     "ENV_VAR",
@@ -112,8 +113,28 @@ def register() -> None:
 
     for name in OP_NAMES:
         setattr(punica_cpu, name, getattr(ops, name))
+    _hook_steps(punica_cpu.PunicaWrapperCPU, ops.new_step)
     logger.info(
         "tunegate fast LoRA ops active: %s grouped by adapter (set %s=0 to disable).",
         ", ".join(OP_NAMES),
         ENV_VAR,
     )
+
+
+def _hook_steps(wrapper: type, new_step: Callable[[], None]) -> None:
+    """Tell the ops when the wrapper has written a new step's index buffers.
+
+    `update_metadata` is the only writer of the buffers the ops get slices of; after it,
+    the ops may memoise per-step work by tensor address (see `ops._StepMemo`).
+    """
+    update = wrapper.update_metadata
+    if getattr(update, "_tunegate_step_hook", False):
+        return
+
+    @functools.wraps(update)
+    def update_metadata(self: object, *args: object, **kwargs: object) -> None:
+        update(self, *args, **kwargs)
+        new_step()
+
+    update_metadata._tunegate_step_hook = True  # type: ignore[attr-defined]
+    wrapper.update_metadata = update_metadata  # type: ignore[attr-defined]

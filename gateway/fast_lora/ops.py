@@ -27,7 +27,7 @@ import torch
 
 from . import OP_NAMES
 
-__all__ = list(OP_NAMES)
+__all__ = [*OP_NAMES, "new_step"]
 
 NO_ADAPTER = -1
 # Products in these dtypes are computed in float32 and rounded back (see the module doc).
@@ -89,8 +89,47 @@ def _build_groups(indices: torch.Tensor) -> list[_Group]:
 _cache = _GroupCache()
 
 
+class _StepMemo:
+    """Per-step memo of what depends only on a step's LoRA index tensors.
+
+    vLLM's punica wrapper writes its index buffers once per step (`update_metadata`) and
+    passes slices of them to ~15 op calls per layer. Once the plugin has hooked that method
+    (`new_step`), those buffers cannot change until the next call, so within a step an index
+    tensor is known by its address and length, with no content comparison, and the segment
+    expansion of the sgmv ops (a host sync) is done once per step instead of once per call.
+    Until then (the ops called directly, e.g. by tests) nothing is memoised by address.
+    """
+
+    def __init__(self) -> None:
+        self.scoped = False
+        self._memo: dict[tuple[object, ...], object] = {}
+
+    def new_step(self) -> None:
+        self.scoped = True
+        self._memo.clear()
+
+    def get(self, key: tuple[object, ...]) -> object | None:
+        return self._memo.get(key) if self.scoped else None
+
+    def put(self, key: tuple[object, ...], value: object) -> None:
+        if self.scoped:
+            self._memo[key] = value
+
+
+_step = _StepMemo()
+new_step = _step.new_step
+
+
+def _address(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t.shape[0]
+
+
 def _groups_of(indices: torch.Tensor, num_slots: int) -> list[_Group]:
     """Token rows grouped by slot, every slot checked against the stacked weights."""
+    key = ("groups", *_address(indices), num_slots)
+    memo = _step.get(key)
+    if memo is not None:
+        return memo  # type: ignore[return-value]
     groups = _cache.groups(indices)
     for group in groups:
         if not NO_ADAPTER <= group.slot < num_slots:
@@ -98,13 +137,21 @@ def _groups_of(indices: torch.Tensor, num_slots: int) -> list[_Group]:
                 f"LoRA slot {group.slot} out of range: the stacked weights have "
                 f"{num_slots} slots (valid: -1 for no adapter, 0..{num_slots - 1})"
             )
+    _step.put(key, groups)
     return groups
 
 
 def _explode(seq_len_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor) -> torch.Tensor:
     # Exactly vLLM's sgmv rule: the start offsets are ignored and segment i's slot covers the
     # next seq_len[i] rows from row 0 on; the bgmv op then does the grouped work.
-    return torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    key = ("segments", *_address(seq_len_tensor), *_address(lora_indices_tensor))
+    memo = _step.get(key)
+    if memo is not None:
+        return memo  # type: ignore[return-value]
+    indices = torch.repeat_interleave(lora_indices_tensor, seq_len_tensor)
+    # Held by the memo, so the address of this tensor stays its own for the whole step.
+    _step.put(key, indices)
+    return indices
 
 
 def _stacked(weights: torch.Tensor) -> torch.Tensor:

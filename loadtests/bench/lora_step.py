@@ -1,0 +1,211 @@
+"""The LoRA work of one forward step, through vLLM's own CPU punica wrapper.
+
+    .venv/bin/python loadtests/bench/lora_step.py [--out FILE] [--rounds N]
+
+The engine benchmark (`fast_lora.py`) needs a quiet machine; this one isolates what the
+LoRA path adds to one step and measures it as CPU time of this thread, which other
+processes on a shared host inflate far less than wall time. One step = the default model's
+30 layers x 4 LoRA modules (q/k/v, o, gate/up, down) through
+`PunicaWrapperCPU.add_lora_linear`, exactly as vLLM's LoRA layers call it, after one
+`update_metadata` for the batch. Variants, interleaved round by round in one process:
+
+- `vLLM ops`: vLLM's torch ops (the wrapper as vLLM ships it);
+- `grouped ops`: tunegate's ops as installed by the plugin, without its per-step memo;
+- `grouped + step memo`: the plugin as installed (ops and the `update_metadata` hook).
+
+Prints a table (median CPU ms per step over the rounds) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+LAYERS = 30
+HIDDEN, INTERMEDIATE, KV = 576, 1536, 192
+# (input width, output slices) of the default model's LoRA modules, per layer.
+MODULES = ((HIDDEN, (HIDDEN, KV, KV)), (HIDDEN, (HIDDEN,)), (HIDDEN, (INTERMEDIATE,) * 2))
+MODULES += ((INTERMEDIATE, (HIDDEN,)),)
+SLOTS, MAX_RANK, RANK = 4, 64, 16
+VOCAB = 49152
+# (label, tokens, adapters, prefill): decode batches interleave adapters token by token,
+# prefill batches hold 8 requests of equal length.
+BATCHES = (
+    ("decode 8 tok, 1 adapter", 8, 1, False),
+    ("decode 32 tok, 1 adapter", 32, 1, False),
+    ("decode 32 tok, 4 adapters", 32, 4, False),
+    ("prefill 512 tok, 1 adapter", 512, 1, True),
+    ("prefill 512 tok, 4 adapters", 512, 4, True),
+)
+VARIANTS = ("vLLM ops", "grouped ops", "grouped + step memo")
+
+
+@dataclass
+class _Module:
+    x: Any
+    out: Any
+    lora_a: tuple[Any, ...]
+    lora_b: tuple[Any, ...]
+    slices: tuple[int, ...]
+
+
+def _modules(tokens: int, dtype: Any, gen: Any) -> list[_Module]:
+    import torch
+
+    modules = []
+    for _ in range(LAYERS):
+        for width, slices in MODULES:
+            # Rank-16 adapters in rank-64 slots (vLLM zero-pads to max_lora_rank).
+            a = torch.zeros(SLOTS, 1, MAX_RANK, width, dtype=dtype)
+            a[:, :, :RANK] = torch.randn(SLOTS, 1, RANK, width, generator=gen).to(dtype) * 0.01
+            b = []
+            for size in slices:
+                w = torch.zeros(SLOTS, 1, size, MAX_RANK, dtype=dtype)
+                w[..., :RANK] = torch.randn(SLOTS, 1, size, RANK, generator=gen).to(dtype) * 0.01
+                b.append(w)
+            modules.append(
+                _Module(
+                    x=torch.randn(tokens, width, generator=gen).to(dtype),
+                    out=torch.zeros(tokens, sum(slices), dtype=dtype),
+                    lora_a=tuple(a for _ in slices),
+                    lora_b=tuple(b),
+                    slices=slices,
+                )
+            )
+    return modules
+
+
+def _mapping(tokens: int, adapters: int, prefill: bool) -> Any:
+    from vllm.lora.layers import LoRAMapping
+
+    if prefill:
+        per_request = tokens // 8
+        requests = [1 + i % adapters for i in range(8)]
+        index = [r for r in requests for _ in range(per_request)]
+    else:
+        requests = [1 + i % adapters for i in range(tokens)]
+        index = requests
+    return LoRAMapping(tuple(index), tuple(requests), is_prefill=True)
+
+
+@contextmanager
+def _variant(name: str) -> Iterator[None]:
+    """Install the ops (and hook) of one variant on vLLM's CPU punica wrapper."""
+    from vllm.lora.ops import torch_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    from gateway import fast_lora
+    from gateway.fast_lora import ops
+
+    cls = punica_cpu.PunicaWrapperCPU
+    saved_update = cls.update_metadata
+    saved_ops = {name: getattr(punica_cpu, name) for name in fast_lora.OP_NAMES}
+    source = torch_ops if name == "vLLM ops" else ops
+    for op in fast_lora.OP_NAMES:
+        setattr(punica_cpu, op, getattr(source, op))
+    if name == "grouped + step memo":
+        fast_lora._hook_steps(cls, ops.new_step)
+    ops._step.scoped = False
+    ops._step._memo.clear()
+    try:
+        yield
+    finally:
+        cls.update_metadata = saved_update  # type: ignore[method-assign]
+        for op, fn in saved_ops.items():
+            setattr(punica_cpu, op, fn)
+        ops._step.scoped = False
+        ops._step._memo.clear()
+
+
+def _step_fn(batch: tuple[str, int, int, bool], dtype: Any) -> Callable[[], None]:
+    import torch
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    _, tokens, adapters, prefill = batch
+    gen = torch.Generator().manual_seed(0)
+    modules = _modules(tokens, dtype, gen)
+    mapping = _mapping(tokens, adapters, prefill)
+
+    wrapper = PunicaWrapperCPU(max_num_batched_tokens=4096, max_batches=256, device="cpu")
+
+    def step() -> None:
+        # Once per step: the worst case for the memo (vLLM skips this call while a batch
+        # keeps its adapter mapping, and the memo then lives on).
+        wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, VOCAB)
+        for m in modules:
+            wrapper.add_lora_linear(m.out, m.x, m.lora_a, m.lora_b, 1.0, m.slices)
+
+    return step
+
+
+def _cpu_ms(fn: Callable[[], None]) -> float:
+    started = time.thread_time()
+    fn()
+    return (time.thread_time() - started) * 1000
+
+
+def run(rounds: int, dtype_name: str) -> list[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(1)  # as vLLM's CPU worker runs on this 2-core host
+    dtype = getattr(torch, dtype_name)
+    rows = []
+    with torch.inference_mode():
+        for batch in BATCHES:
+            step = _step_fn(batch, dtype)
+            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for _ in range(rounds):
+                for variant in VARIANTS:
+                    with _variant(variant):
+                        step()  # warm: first update_metadata, caches
+                        times[variant].append(_cpu_ms(step))
+            row: dict[str, Any] = {"batch": batch[0]}
+            for variant in VARIANTS:
+                ordered = sorted(times[variant])
+                row[variant] = ordered[len(ordered) // 2]
+            rows.append(row)
+            print(_line(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    cells = " ".join(f"{row[v]:>20.1f}" for v in VARIANTS)
+    return f"{row['batch']:28} {cells}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    args = parser.parse_args(argv)
+    print(f"{'CPU ms per step':28} " + " ".join(f"{v:>20}" for v in VARIANTS), file=sys.stderr)
+    rows = run(args.rounds, args.dtype)
+    result = {
+        "benchmark": "lora_step",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dtype": args.dtype,
+        "layers": LAYERS,
+        "rounds": args.rounds,
+        "load_avg_1m": os.getloadavg()[0],
+        "rows": rows,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
