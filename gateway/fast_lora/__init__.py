@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = [
     "ENV_VAR",
@@ -121,20 +122,23 @@ def register() -> None:
     )
 
 
-def _hook_steps(wrapper: type, new_step: Callable[[], None]) -> None:
+def _hook_steps(wrapper: type, new_step: Callable[[tuple[object, ...] | None], None]) -> None:
     """Tell the ops when the wrapper has written a new step's index buffers.
 
-    `update_metadata` is the only writer of the buffers the ops get slices of; after it,
-    the ops may memoise per-step work by tensor address (see `ops._StepMemo`).
+    `update_metadata(mapping, lora_index_to_id, ...)` is the only writer of the buffers the
+    ops get slices of; after it, the ops may memoise work by tensor address, and work on the
+    slot weights for as long as the slot layout `lora_index_to_id` stays the same (see
+    `ops._StepMemo`).
     """
     update = wrapper.update_metadata
     if getattr(update, "_tunegate_step_hook", False):
         return
 
     @functools.wraps(update)
-    def update_metadata(self: object, *args: object, **kwargs: object) -> None:
+    def update_metadata(self: object, *args: Any, **kwargs: Any) -> None:
         update(self, *args, **kwargs)
-        new_step()
+        layout = args[1] if len(args) > 1 else kwargs.get("lora_index_to_id")
+        new_step(tuple(layout) if layout is not None else None)
 
     update_metadata._tunegate_step_hook = True  # type: ignore[attr-defined]
     wrapper.update_metadata = update_metadata  # type: ignore[attr-defined]

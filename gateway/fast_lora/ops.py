@@ -90,23 +90,41 @@ _cache = _GroupCache()
 
 
 class _StepMemo:
-    """Per-step memo of what depends only on a step's LoRA index tensors.
+    """Per-step memo of what depends only on a step's LoRA index tensors and slot weights.
 
-    vLLM's punica wrapper writes its index buffers once per step (`update_metadata`) and
-    passes slices of them to ~15 op calls per layer. Once the plugin has hooked that method
-    (`new_step`), those buffers cannot change until the next call, so within a step an index
-    tensor is known by its address and length, with no content comparison, and the segment
-    expansion of the sgmv ops (a host sync) is done once per step instead of once per call.
-    Until then (the ops called directly, e.g. by tests) nothing is memoised by address.
+    vLLM's punica wrapper writes its index buffers in `update_metadata`, called before a step
+    whenever the batch's adapter mapping or the slot layout changed, and passes slices of
+    them to ~15 op calls per layer. Once the plugin has hooked that method (`new_step`),
+    those buffers cannot change until the next call, so an index tensor is known by its
+    address and length, with no content comparison, and the segment expansion of the sgmv
+    ops (a host sync) is done once instead of once per call.
+
+    Slot weights are written only when an adapter enters or leaves a slot, which changes the
+    slot layout (`lora_index_to_id`) that vLLM passes along: what depends on the weights
+    (their rank without padding) is kept until the layout changes.
+
+    Until the hook has run (the ops called directly, e.g. by tests) nothing is memoised.
     """
 
     def __init__(self) -> None:
-        self.scoped = False
         self._memo: dict[tuple[object, ...], object] = {}
+        self._by_layout: dict[tuple[object, ...], object] = {}
+        self.reset()
 
-    def new_step(self) -> None:
+    def new_step(self, layout: tuple[object, ...] | None = None) -> None:
+        """The wrapper wrote new index buffers for slot layout `layout` (None: unknown)."""
         self.scoped = True
         self._memo.clear()
+        if layout is None or layout != self._layout:
+            self._by_layout.clear()
+        self._layout = layout
+
+    def reset(self) -> None:
+        """Back to memoising nothing (for code that calls the ops directly afterwards)."""
+        self.scoped = False
+        self._layout: tuple[object, ...] | None = None
+        self._memo.clear()
+        self._by_layout.clear()
 
     def get(self, key: tuple[object, ...]) -> object | None:
         return self._memo.get(key) if self.scoped else None
@@ -114,6 +132,13 @@ class _StepMemo:
     def put(self, key: tuple[object, ...], value: object) -> None:
         if self.scoped:
             self._memo[key] = value
+
+    def get_weights(self, key: tuple[object, ...]) -> object | None:
+        return self._by_layout.get(key) if self.scoped else None
+
+    def put_weights(self, key: tuple[object, ...], value: object) -> None:
+        if self.scoped:
+            self._by_layout[key] = value
 
 
 _step = _StepMemo()
@@ -230,6 +255,26 @@ def _live_prefix(nonzero: torch.Tensor) -> int:
     return int(hits[-1]) + 1 if hits.numel() else 0
 
 
+def _live_rank(w: torch.Tensor, shrink: bool, rows: int) -> int | None:
+    """The rank of one slot's weights without vLLM's zero padding, or None: not worth it.
+
+    Shrink weights are (rank, in): trailing all-zero rows give exactly-zero outputs. Expand
+    weights are (out, rank): trailing all-zero columns multiply their inputs by zero, so
+    those input columns add exactly nothing. Within a hooked step the answer is memoised by
+    the weights' address until the slot layout changes (see `_StepMemo`), which makes the
+    check pay off for decode batches too; otherwise only large groups check.
+    """
+    key = (w.data_ptr(), *w.shape, *w.stride(), shrink)
+    memo = _step.get_weights(key)
+    if memo is not None:
+        return memo  # type: ignore[return-value]
+    if not _step.scoped and rows < _TRIM_MIN_ROWS:
+        return None
+    rank = _live_prefix(w.any(dim=1) if shrink else w.any(dim=0))
+    _step.put_weights(key, rank)
+    return rank
+
+
 def _apply(
     inputs: torch.Tensor,
     weights: torch.Tensor,
@@ -262,14 +307,13 @@ def _apply(
         # of one adapter per batch) skips the row views.
         whole = isinstance(rows, slice) and rows.stop - rows.start == n
         x, w, out = _rows(inputs, None if whole else rows), weights[group.slot], target
-        if x.shape[0] >= _TRIM_MIN_ROWS:
+        rank = _live_rank(w, shrink, x.shape[0])
+        if rank is not None:
             if shrink:
-                rank = _live_prefix(w.any(dim=1))
                 if rank < w.shape[0]:
                     _zero(target[:, rank:], rows)
                     w, out = w[:rank], target[:, :rank]
             else:
-                rank = _live_prefix(x.any(dim=0))
                 x, w = x[:, :rank], w[:, :rank]
             if rank == 0:
                 if not (shrink or add):

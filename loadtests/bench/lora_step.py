@@ -116,16 +116,14 @@ def _variant(name: str) -> Iterator[None]:
         setattr(punica_cpu, op, getattr(source, op))
     if name == "grouped + step memo":
         fast_lora._hook_steps(cls, ops.new_step)
-    ops._step.scoped = False
-    ops._step._memo.clear()
+    ops._step.reset()
     try:
         yield
     finally:
         cls.update_metadata = saved_update  # type: ignore[method-assign]
         for op, fn in saved_ops.items():
             setattr(punica_cpu, op, fn)
-        ops._step.scoped = False
-        ops._step._memo.clear()
+        ops._step.reset()
 
 
 def _step_fn(batch: tuple[str, int, int, bool], dtype: Any) -> Callable[[], None]:
@@ -155,7 +153,7 @@ def _cpu_ms(fn: Callable[[], None]) -> float:
     return (time.thread_time() - started) * 1000
 
 
-def run(rounds: int, dtype_name: str) -> list[dict[str, Any]]:
+def run(rounds: int, dtype_name: str, variants: tuple[str, ...]) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)  # as vLLM's CPU worker runs on this 2-core host
@@ -164,14 +162,14 @@ def run(rounds: int, dtype_name: str) -> list[dict[str, Any]]:
     with torch.inference_mode():
         for batch in BATCHES:
             step = _step_fn(batch, dtype)
-            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            times: dict[str, list[float]] = {v: [] for v in variants}
             for _ in range(rounds):
-                for variant in VARIANTS:
+                for variant in variants:
                     with _variant(variant):
                         step()  # warm: first update_metadata, caches
                         times[variant].append(_cpu_ms(step))
             row: dict[str, Any] = {"batch": batch[0]}
-            for variant in VARIANTS:
+            for variant in variants:
                 ordered = sorted(times[variant])
                 row[variant] = ordered[len(ordered) // 2]
             rows.append(row)
@@ -180,7 +178,7 @@ def run(rounds: int, dtype_name: str) -> list[dict[str, Any]]:
 
 
 def _line(row: dict[str, Any]) -> str:
-    cells = " ".join(f"{row[v]:>20.1f}" for v in VARIANTS)
+    cells = " ".join(f"{row[v]:>20.1f}" if v in row else f"{'-':>20}" for v in VARIANTS)
     return f"{row['batch']:28} {cells}"
 
 
@@ -189,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--skip-vllm-ops",
+        action="store_true",
+        help="leave out vLLM's own ops (seconds per prefill step on this CPU)",
+    )
     args = parser.parse_args(argv)
+    variants = VARIANTS[1:] if args.skip_vllm_ops else VARIANTS
     print(f"{'CPU ms per step':28} " + " ".join(f"{v:>20}" for v in VARIANTS), file=sys.stderr)
-    rows = run(args.rounds, args.dtype)
+    rows = run(args.rounds, args.dtype, variants)
     result = {
         "benchmark": "lora_step",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

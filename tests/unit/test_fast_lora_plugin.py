@@ -30,8 +30,7 @@ def stock_ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(fast_lora.ENV_VAR, raising=False)
     yield
     # A hooked step leaves the ops memoising by address: later tests call them directly.
-    ops._step.scoped = False
-    ops._step._memo.clear()
+    ops._step.reset()
 
 
 def _installed() -> dict[str, object]:
@@ -73,43 +72,70 @@ def test_register_installs_the_grouped_ops_once(
     assert "_tunegate_step_hook" not in vars(punica_cpu.PunicaWrapperBase.update_metadata)
 
 
-def _linear_step(
-    wrapper: punica_cpu.PunicaWrapperCPU, mapping: LoRAMapping, seed: int
-) -> torch.Tensor:
-    """One q/k/v-shaped LoRA module through the wrapper, as vLLM's LoRA layers call it."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = len(mapping.index_mapping)
-    slots, rank, width, slices = 3, 8, 16, (16, 8, 8)
-    lora_a = tuple(torch.randn(slots, 1, rank, width, generator=gen) for _ in slices)
-    lora_b = tuple(torch.randn(slots, 1, size, rank, generator=gen) for size in slices)
-    x = torch.randn(tokens, width, generator=gen)
-    out = torch.zeros(tokens, sum(slices))
-    # The last slot stays empty, so vLLM's "-1 is the last slot" agrees with "no adapter".
-    for weights in (*lora_a, *lora_b):
-        weights[-1] = 0
-    wrapper.update_metadata(mapping, [1, 2, None], slots, 1000)
-    wrapper.add_lora_linear(out, x, lora_a, lora_b, 0.5, slices)
-    return out
+class _Slots:
+    """Stacked q/k/v-shaped LoRA weights as vLLM keeps them: allocated once, an adapter's
+    weights written in place (zero-padded to the slots' rank) when it enters a slot."""
+
+    SLOTS, RANK, WIDTH, SLICES = 3, 8, 16, (16, 8, 8)
+
+    def __init__(self) -> None:
+        n, r, w = self.SLOTS, self.RANK, self.WIDTH
+        self.lora_a = tuple(torch.zeros(n, 1, r, w) for _ in self.SLICES)
+        self.lora_b = tuple(torch.zeros(n, 1, size, r) for size in self.SLICES)
+        # The last slot stays empty, so vLLM's "-1 is the last slot" means "no adapter".
+        self.layout: list[int | None] = [None] * n
+
+    def load(self, slot: int, adapter_id: int, rank: int) -> None:
+        gen = torch.Generator().manual_seed(adapter_id)
+        for a, b in zip(self.lora_a, self.lora_b, strict=True):
+            a[slot] = 0
+            b[slot] = 0
+            a[slot, :, :rank] = torch.randn(1, rank, self.WIDTH, generator=gen)
+            b[slot, :, :, :rank] = torch.randn(1, b.shape[2], rank, generator=gen)
+        self.layout[slot] = adapter_id
+
+    def step(
+        self, wrapper: punica_cpu.PunicaWrapperCPU, mapping: LoRAMapping, seed: int
+    ) -> torch.Tensor:
+        """One module through the wrapper, as vLLM's LoRA layers call it."""
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(len(mapping.index_mapping), self.WIDTH, generator=gen)
+        out = torch.zeros(x.shape[0], sum(self.SLICES))
+        wrapper.update_metadata(mapping, list(self.layout), self.SLOTS, 1000)
+        wrapper.add_lora_linear(out, x, self.lora_a, self.lora_b, 0.5, self.SLICES)
+        return out
 
 
-def test_step_memo_follows_each_new_mapping(stock_ops: None) -> None:
-    """The same wrapper buffers, rewritten step after step with other adapters and batch
-    sizes: every step's result is vLLM's, so nothing memoised outlives its step."""
-    steps = [
-        LoRAMapping((1, 1, 1, 1), (1,), is_prefill=True),
-        LoRAMapping((2, 2, 2, 2), (2,), is_prefill=True),  # same shape, other adapter
-        LoRAMapping((1, 2, 0, 2, 1), (1, 2, 0, 2, 1), is_prefill=True),
-        LoRAMapping((2, 1, 1), (2, 1), is_prefill=True),
+def _run(wrapper: punica_cpu.PunicaWrapperCPU) -> list[torch.Tensor]:
+    """Steps with other adapters and batch sizes over the same wrapper buffers; adapter 3
+    (full rank) takes over the slot of adapter 1 (rank 3, so its padding gets skipped)."""
+    slots = _Slots()
+    slots.load(0, adapter_id=1, rank=3)
+    slots.load(1, adapter_id=2, rank=8)
+    outs = [
+        slots.step(wrapper, LoRAMapping((1, 1, 1, 1), (1,), is_prefill=True), 0),
+        slots.step(wrapper, LoRAMapping((2, 2, 2, 2), (2,), is_prefill=True), 1),
+        slots.step(wrapper, LoRAMapping((1, 2, 0, 2, 1), (1, 2, 0, 2, 1), is_prefill=True), 2),
     ]
-    stock = punica_cpu.PunicaWrapperCPU(64, 16, "cpu")
-    expected = [_linear_step(stock, m, seed) for seed, m in enumerate(steps)]
+    slots.load(0, adapter_id=3, rank=8)
+    outs += [
+        slots.step(wrapper, LoRAMapping((3, 3, 3, 3), (3,), is_prefill=True), 3),
+        slots.step(wrapper, LoRAMapping((2, 3, 3), (2, 3), is_prefill=True), 4),
+    ]
+    return outs
 
+
+def test_step_memo_follows_each_new_mapping_and_slot_layout(stock_ops: None) -> None:
+    """Every step's result is vLLM's: nothing memoised outlives its step's index buffers,
+    nor the slot layout its weights belong to."""
+    expected = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"))
     fast_lora.register()
-    fast = punica_cpu.PunicaWrapperCPU(64, 16, "cpu")
-    for seed, (mapping, want) in enumerate(zip(steps, expected, strict=True)):
-        got = _linear_step(fast, mapping, seed)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        assert ops._step.scoped
+    got = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"))
+    assert ops._step.scoped
+    for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(
+            g, e, rtol=1e-5, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}"
+        )
 
 
 def test_switched_off_leaves_vllm_ops(stock_ops: None, monkeypatch: pytest.MonkeyPatch) -> None:
