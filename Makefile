@@ -34,9 +34,18 @@ $(STAMP): pyproject.toml Makefile
 	@rm -f $(VENV)/.setup-*
 	@touch $@
 
+# Gateway tests that time a live engine against their own client (a disconnect mid-answer,
+# a killed engine). Inside the whole suite's pytest process they failed (2026-11-26, clean
+# clone: the client saw its first token at 0.16 s and could next talk to the gateway only
+# at 26.7 s, after the answer was done) while they pass alone, so they run first, in a pytest
+# process of their own; the exit status is the worse of the two runs.
+ALONE_TESTS := tests/integration/test_gateway_accounting.py tests/integration/test_gateway_engine_death.py
+
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(ALONE_TESTS); first=$$?; \
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(ALONE_TESTS)); rest=$$?; \
+	exit $$(( first > rest ? first : rest ))
 
 demo: setup
 	$(BIN)/tunegate demo
