@@ -30,14 +30,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loadtests.bench.fast_lora import ADAPTER_RANK, LORA_ARGS
+from loadtests.bench.fast_lora import MODULES as OP_MODULES
+
 __all__ = ["main"]
 
 LAYERS = 30
-HIDDEN, INTERMEDIATE, KV = 576, 1536, 192
-# (input width, output slices) of the default model's LoRA modules, per layer.
-MODULES = ((HIDDEN, (HIDDEN, KV, KV)), (HIDDEN, (HIDDEN,)), (HIDDEN, (INTERMEDIATE,) * 2))
-MODULES += ((INTERMEDIATE, (HIDDEN,)),)
-SLOTS, MAX_RANK, RANK = 4, 64, 16
+# (input width, output slices) of the default model's LoRA modules, per layer: the op
+# benchmark's q/k/v, gate/up and down, plus o_proj (hidden -> hidden).
+_HIDDEN = OP_MODULES[0][1]
+MODULES = (*((width, slices) for _, width, slices in OP_MODULES), (_HIDDEN, (_HIDDEN,)))
+SLOTS, MAX_RANK, RANK = LORA_ARGS["max_loras"], LORA_ARGS["max_lora_rank"], ADAPTER_RANK
 VOCAB = 49152
 # (label, tokens, adapters, prefill): decode batches interleave adapters token by token,
 # prefill batches hold 8 requests of equal length.
