@@ -44,23 +44,53 @@ def test_engine_death_fails_requests_cleanly_and_exits_non_zero(
                     "max_tokens": 400,
                     "ignore_eos": True,  # stays in the engine until it is killed
                 }
-                in_flight = asyncio.ensure_future(client.post("/chat/completions", json=body))
-                deadline = time.monotonic() + 60
-                while gw.running() < 1:  # the request is inside the engine
-                    assert time.monotonic() < deadline, "the request never reached the engine"
-                    await asyncio.sleep(0.01)
+                in_flight = await _in_the_engine(client, body)
                 for p in engines:
                     os.kill(p.pid, signal.SIGKILL)
                 response = await in_flight
                 # Until the process is gone, everything is refused with 503 (or the
                 # listener is already closed).
                 seen: list[int] = []
+                deadline = time.monotonic() + 60
                 while gw.process.poll() is None and time.monotonic() < deadline:
                     with contextlib.suppress(httpx.TransportError):
                         seen.append((await client.post("/chat/completions", json=body)).status_code)
-                        seen.append(httpx.get(gw.url + "/health", timeout=5).status_code)
+                        seen.append((await client.get(gw.url + "/health", timeout=5)).status_code)
                     await asyncio.sleep(0.05)
                 return response, seen
+
+        async def _in_the_engine(
+            client: httpx.AsyncClient, body: dict[str, object]
+        ) -> asyncio.Task[httpx.Response]:
+            """A request that the engine holds now; a try whose request ended (or failed)
+            before it was seen inside is told apart from one that never got there."""
+            tries: list[str] = []
+            for _ in range(3):
+                started = time.monotonic()
+                in_flight = asyncio.create_task(client.post("/chat/completions", json=body))
+                while time.monotonic() - started < 60:
+                    # Polled on this loop (a blocking call would starve the request's task).
+                    health = (await client.get(gw.url + "/health", timeout=10)).json()
+                    if health["engines"][TINY]["running"] >= 1:
+                        return in_flight
+                    if in_flight.done():
+                        break
+                    await asyncio.sleep(0.01)
+                elapsed = time.monotonic() - started
+                if not in_flight.done():
+                    in_flight.cancel()
+                    raise AssertionError(
+                        f"the request was not in the engine after {elapsed:.1f} s (tries before: "
+                        f"{tries}); last /health: {health}\n{gw.log_tail()}"
+                    )
+                outcome = in_flight.exception() or in_flight.result()
+                seen = f"ended at {elapsed:.2f} s unseen: {outcome!r}"
+                if not isinstance(outcome, httpx.Response) or outcome.status_code != 200:
+                    # A healthy engine must not fail it: that is a bug, not a race.
+                    text = outcome.text[:500] if isinstance(outcome, httpx.Response) else ""
+                    raise AssertionError(f"{seen} {text}\n{gw.log_tail()}")
+                tries.append(seen)  # answered in full between two polls: try again
+            raise AssertionError(f"no try was seen inside the engine: {tries}")
 
         response, seen = asyncio.run(scenario())
         assert response.status_code == 503, response.text
