@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint typecheck bench bench-litellm clean
+.PHONY: setup test demo lint typecheck bench bench-litellm sim clean
 
 setup: $(STAMP)
 
@@ -84,6 +84,11 @@ bench-litellm: setup $(LITELLM_VENV)/bin/litellm
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python loadtests/bench/litellm_overhead.py --litellm $(LITELLM_VENV)/bin/litellm \
 		--out $(BENCH_OUT)/litellm_overhead.json
+
+# Issue 13's routing simulation (no GPU, no network, ~20 s): table, sim.json and PNG plots.
+SIM_OUT ?= runs/sim
+sim: setup
+	$(BIN)/python -m loadtests.sim --out $(SIM_OUT)
 
 clean:
 	rm -rf $(VENV) $(LITELLM_VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
