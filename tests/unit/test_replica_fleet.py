@@ -1,10 +1,4 @@
-"""The replica client and fleet against fake vLLM OpenAI servers (httpx MockTransport).
-
-Each `FakeReplica` answers the endpoints the fleet uses the way vLLM's server does
-(vllm/entrypoints/serve/lora/api_router.py, openai/models/serving.py): runtime adapter
-load/unload with their 400/404 cases, `/health`, and chat completions that 404 for an
-adapter it does not hold.
-"""
+"""The replica client and fleet against fake vLLM OpenAI servers (httpx MockTransport)."""
 
 from __future__ import annotations
 
@@ -18,68 +12,14 @@ import pytest
 from gateway.replicas.client import AdapterRefusedError, ReplicaClient, ReplicaDownError
 from gateway.replicas.fleet import AdapterTarget, ReplicaFleet
 from gateway.replicas.policy import NoHealthyReplicaError
+from tests.unit.fake_vllm_replica import BASE, FakeReplica
 
 pytestmark = pytest.mark.anyio
-
-BASE = "base-model"
-
-
-class FakeReplica:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.loaded: dict[str, str] = {}
-        self.healthy = True
-        self.refusing = False  # connection refused: the process is gone
-        self.load_delay_s = 0.0
-        self.calls: list[tuple[str, str]] = []  # (path, model or lora_name)
-
-    def _error(self, status: int, message: str) -> httpx.Response:
-        return httpx.Response(status, json={"error": {"message": message, "code": status}})
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        if self.refusing:
-            raise httpx.ConnectError("connection refused", request=request)
-        path = request.url.path
-        if path == "/health":
-            self.calls.append((path, ""))
-            return httpx.Response(200 if self.healthy else 503)
-        body = json.loads(request.content)
-        if path == "/v1/load_lora_adapter":
-            self.calls.append((path, body["lora_name"]))
-            await asyncio.sleep(self.load_delay_s)
-            if body["lora_name"] in self.loaded:
-                return self._error(
-                    400,
-                    f"The lora adapter '{body['lora_name']}' has already "
-                    "been loaded. If you want to load ...",
-                )
-            if "missing" in body["lora_path"]:
-                return self._error(404, "Loading lora failed: No adapter found")
-            self.loaded[body["lora_name"]] = body["lora_path"]
-            return httpx.Response(200, text="Success")
-        if path == "/v1/unload_lora_adapter":
-            self.calls.append((path, body["lora_name"]))
-            if self.loaded.pop(body["lora_name"], None) is None:
-                return self._error(404, "cannot be found")
-            return httpx.Response(200, text="Success")
-        self.calls.append((path, body["model"]))
-        if body["model"] != BASE and body["model"] not in self.loaded:
-            return self._error(404, f"The model `{body['model']}` does not exist.")
-        answer = {"model": body["model"], "replica": self.url}
-        if body.get("stream"):
-            chunks = [f"data: {json.dumps(answer)}\n\n", "data: [DONE]\n\n"]
-            return httpx.Response(200, content="".join(chunks).encode())
-        return httpx.Response(200, json=answer)
-
-    def served(self) -> list[str]:
-        return [model for path, model in self.calls if path == "/v1/chat/completions"]
 
 
 def _fleet(n: int = 3, **kwargs: Any) -> tuple[ReplicaFleet, dict[str, FakeReplica]]:
     fakes = {f"http://replica-{i}:8000": FakeReplica(f"http://replica-{i}:8000") for i in range(n)}
-    clients = [
-        ReplicaClient(url, transport=httpx.MockTransport(fake)) for url, fake in fakes.items()
-    ]
+    clients = [ReplicaClient(url, transport=fake.transport()) for url, fake in fakes.items()]
     kwargs.setdefault("max_loras", 1)
     kwargs.setdefault("max_cpu_loras", 2)
     return ReplicaFleet(clients, **kwargs), fakes
@@ -99,7 +39,7 @@ async def _chat(fleet: ReplicaFleet, adapter: AdapterTarget | None) -> httpx.Res
 
 async def test_client_load_and_unload_are_idempotent() -> None:
     fake = FakeReplica("http://r:1")
-    client = ReplicaClient("http://r:1", transport=httpx.MockTransport(fake))
+    client = ReplicaClient("http://r:1", transport=fake.transport())
     await client.load_adapter("a@1", "/p/a")
     await client.load_adapter("a@1", "/p/a")  # vLLM's 400 "already been loaded"
     assert fake.loaded == {"a@1": "/p/a"}
@@ -114,7 +54,7 @@ async def test_client_load_and_unload_are_idempotent() -> None:
 
 async def test_client_health_and_down_errors() -> None:
     fake = FakeReplica("http://r:1")
-    client = ReplicaClient("http://r:1", transport=httpx.MockTransport(fake))
+    client = ReplicaClient("http://r:1", transport=fake.transport())
     assert await client.health()
     fake.healthy = False
     assert not await client.health()
