@@ -111,12 +111,16 @@ def register() -> None:
     from vllm.lora.punica_wrapper import punica_cpu
 
     from . import ops
+    from .linear import fuse_add_lora_linear
 
     for name in OP_NAMES:
         setattr(punica_cpu, name, getattr(ops, name))
     _hook_steps(punica_cpu.PunicaWrapperCPU, ops.new_step)
+    # After the hook: the fused path works only inside a hooked step (it memoises by it).
+    fuse_add_lora_linear(punica_cpu.PunicaWrapperCPU)
     logger.info(
-        "tunegate fast LoRA ops active: %s grouped by adapter (set %s=0 to disable).",
+        "tunegate fast LoRA ops active: %s grouped by adapter, linear modules fused "
+        "(set %s=0 to disable).",
         ", ".join(OP_NAMES),
         ENV_VAR,
     )

@@ -11,7 +11,8 @@ processes on a shared host inflate far less than wall time. One step = the defau
 
 - `vLLM ops`: vLLM's torch ops (the wrapper as vLLM ships it);
 - `grouped ops`: tunegate's ops as installed by the plugin, without its per-step memo;
-- `grouped + step memo`: the plugin as installed (ops and the `update_metadata` hook).
+- `grouped + step memo`: the ops and the `update_metadata` hook, without fused modules;
+- `fused modules`: the plugin as installed (plus `add_lora_linear` fused per module).
 
 Prints a table (median CPU ms per step over the rounds) and writes JSON.
 """
@@ -51,7 +52,7 @@ BATCHES = (
     ("prefill 512 tok, 1 adapter", 512, 1, True),
     ("prefill 512 tok, 4 adapters", 512, 4, True),
 )
-VARIANTS = ("vLLM ops", "grouped ops", "grouped + step memo")
+VARIANTS = ("vLLM ops", "grouped ops", "grouped + step memo", "fused modules")
 
 
 @dataclass
@@ -110,20 +111,24 @@ def _variant(name: str) -> Iterator[None]:
 
     from gateway import fast_lora
     from gateway.fast_lora import ops
+    from gateway.fast_lora.linear import fuse_add_lora_linear
 
     cls = punica_cpu.PunicaWrapperCPU
-    saved_update = cls.update_metadata
+    saved_update, saved_linear = cls.update_metadata, cls.add_lora_linear
     saved_ops = {name: getattr(punica_cpu, name) for name in fast_lora.OP_NAMES}
     source = torch_ops if name == "vLLM ops" else ops
     for op in fast_lora.OP_NAMES:
         setattr(punica_cpu, op, getattr(source, op))
-    if name == "grouped + step memo":
+    if name in ("grouped + step memo", "fused modules"):
         fast_lora._hook_steps(cls, ops.new_step)
+    if name == "fused modules":
+        fuse_add_lora_linear(cls)
     ops._step.reset()
     try:
         yield
     finally:
         cls.update_metadata = saved_update  # type: ignore[method-assign]
+        cls.add_lora_linear = saved_linear  # type: ignore[method-assign]
         for op, fn in saved_ops.items():
             setattr(punica_cpu, op, fn)
         ops._step.reset()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from importlib.metadata import entry_points
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from vllm.lora.punica_wrapper import punica_cpu
 from vllm.platforms import current_platform
 
 import gateway.fast_lora as fast_lora
-from gateway.fast_lora import ops
+from gateway.fast_lora import linear, ops
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ def stock_ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setattr(punica_cpu, name, getattr(vllm_ops, name))
     wrapper = punica_cpu.PunicaWrapperCPU
     monkeypatch.setattr(wrapper, "update_metadata", wrapper.update_metadata)
+    monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear)
     monkeypatch.delenv(fast_lora.ENV_VAR, raising=False)
     yield
     # A hooked step leaves the ops memoising by address: later tests call them directly.
@@ -70,6 +72,10 @@ def test_register_installs_the_grouped_ops_once(
     # ...and the wrapper tells the ops about each new step's index buffers, once.
     assert punica_cpu.PunicaWrapperCPU.update_metadata._tunegate_step_hook  # type: ignore[attr-defined]
     assert "_tunegate_step_hook" not in vars(punica_cpu.PunicaWrapperBase.update_metadata)
+    # ...and its linear modules run fused, wrapping vLLM's method once.
+    fused = punica_cpu.PunicaWrapperCPU.add_lora_linear
+    assert fused._tunegate_fused  # type: ignore[attr-defined]
+    assert not getattr(fused._tunegate_original, "_tunegate_fused", False)  # type: ignore[attr-defined]
 
 
 class _Slots:
@@ -78,10 +84,11 @@ class _Slots:
 
     SLOTS, RANK, WIDTH, SLICES = 3, 8, 16, (16, 8, 8)
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         n, r, w = self.SLOTS, self.RANK, self.WIDTH
-        self.lora_a = tuple(torch.zeros(n, 1, r, w) for _ in self.SLICES)
-        self.lora_b = tuple(torch.zeros(n, 1, size, r) for size in self.SLICES)
+        self.dtype = dtype
+        self.lora_a = tuple(torch.zeros(n, 1, r, w, dtype=dtype) for _ in self.SLICES)
+        self.lora_b = tuple(torch.zeros(n, 1, size, r, dtype=dtype) for size in self.SLICES)
         # The last slot stays empty, so vLLM's "-1 is the last slot" means "no adapter".
         self.layout: list[int | None] = [None] * n
 
@@ -90,8 +97,8 @@ class _Slots:
         for a, b in zip(self.lora_a, self.lora_b, strict=True):
             a[slot] = 0
             b[slot] = 0
-            a[slot, :, :rank] = torch.randn(1, rank, self.WIDTH, generator=gen)
-            b[slot, :, :, :rank] = torch.randn(1, b.shape[2], rank, generator=gen)
+            a[slot, :, :rank] = torch.randn(1, rank, self.WIDTH, generator=gen).to(self.dtype)
+            b[slot, :, :, :rank] = torch.randn(1, b.shape[2], rank, generator=gen).to(self.dtype)
         self.layout[slot] = adapter_id
 
     def step(
@@ -99,17 +106,21 @@ class _Slots:
     ) -> torch.Tensor:
         """One module through the wrapper, as vLLM's LoRA layers call it."""
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(len(mapping.index_mapping), self.WIDTH, generator=gen)
-        out = torch.zeros(x.shape[0], sum(self.SLICES))
+        x = torch.randn(len(mapping.index_mapping), self.WIDTH, generator=gen).to(self.dtype)
+        # The base layer's output, which the LoRA adds to (one spare column stays alone).
+        out = torch.randn(x.shape[0], sum(self.SLICES) + 1, generator=gen).to(self.dtype)
         wrapper.update_metadata(mapping, list(self.layout), self.SLOTS, 1000)
         wrapper.add_lora_linear(out, x, self.lora_a, self.lora_b, 0.5, self.SLICES)
         return out
 
 
-def _run(wrapper: punica_cpu.PunicaWrapperCPU) -> list[torch.Tensor]:
+def _run(
+    wrapper: punica_cpu.PunicaWrapperCPU, dtype: torch.dtype = torch.float32
+) -> list[torch.Tensor]:
     """Steps with other adapters and batch sizes over the same wrapper buffers; adapter 3
-    (full rank) takes over the slot of adapter 1 (rank 3, so its padding gets skipped)."""
-    slots = _Slots()
+    (full rank) takes over the slot of adapter 1 (rank 3, so its padding gets skipped).
+    Batches: one adapter, prefill segments, tokens interleaved over adapters and none."""
+    slots = _Slots(dtype)
     slots.load(0, adapter_id=1, rank=3)
     slots.load(1, adapter_id=2, rank=8)
     outs = [
@@ -121,6 +132,9 @@ def _run(wrapper: punica_cpu.PunicaWrapperCPU) -> list[torch.Tensor]:
     outs += [
         slots.step(wrapper, LoRAMapping((3, 3, 3, 3), (3,), is_prefill=True), 3),
         slots.step(wrapper, LoRAMapping((2, 3, 3), (2, 3), is_prefill=True), 4),
+        slots.step(wrapper, LoRAMapping((3, 3, 2, 2, 2, 0), (3, 2, 0), is_prefill=True), 5),
+        slots.step(wrapper, LoRAMapping((0, 2, 0, 3, 3, 2), (0, 2, 0, 3, 3, 2)), 6),
+        slots.step(wrapper, LoRAMapping((0, 0), (0, 0)), 7),
     ]
     return outs
 
@@ -135,6 +149,31 @@ def test_step_memo_follows_each_new_mapping_and_slot_layout(stock_ops: None) -> 
     for step, (g, e) in enumerate(zip(got, expected, strict=True)):
         torch.testing.assert_close(
             g, e, rtol=1e-5, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}"
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_modules_match_vllm(
+    stock_ops: None, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """The fused path gives vLLM's results (its float32 shrink buffer and the rounding of
+    reduced dtypes included), and inside a hooked step it never falls back to the wrapper."""
+    expected = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"), dtype)
+    fast_lora.register()
+    covered: list[bool] = []
+    fused = linear._fused
+
+    def spy(*args: Any) -> bool:
+        covered.append(fused(*args))
+        return covered[-1]
+
+    monkeypatch.setattr(linear, "_fused", spy)
+    got = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"), dtype)
+    assert covered == [True] * len(got)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(
+            g, e, rtol=tolerance, atol=tolerance, msg=lambda m, s=step: f"step {s}: {m}"
         )
 
 

@@ -1,0 +1,197 @@
+"""A fused `PunicaWrapperCPU.add_lora_linear`: a whole LoRA module in two matmuls per adapter.
+
+vLLM's CPU wrapper applies a module's LoRA as one shrink op per slice (q, k and v are three)
+into float32 buffers, then one expand op per slice. With the grouped ops each of those calls
+does, per adapter of the batch, a row gather, a matmul and a scatter: in a decode step over
+four interleaved adapters that is ~70 small torch calls for q/k/v alone, and their fixed cost,
+not the arithmetic, is the step's LoRA time (docs/fast-lora.md).
+
+Here the slices are fused per adapter slot: their `lora_a` rows stacked into one matrix, their
+`lora_b` into one block-diagonal matrix, each cut to the slot's live rank (vLLM zero-pads every
+adapter to `max_lora_rank`). The batch's rows are gathered once in slot order, each slot does
+two matmuls, and the result is added back with one scatter. Those per-slot matrices depend only
+on the slot weights, so they are built once per slot layout (see `ops._StepMemo`), and the row
+order once per step.
+
+Results equal the wrapper's with the grouped ops: every output column belongs to one slice,
+and the block-diagonal zeros add exact zeros; the float32 shrink buffer and the rounding of
+reduced dtypes are kept (see `ops`). Anything outside what the fusion covers (no hooked step,
+a caller's own buffer, rows that do not match the wrapper's token indices, unexpected shapes)
+runs vLLM's wrapper unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import ops
+
+__all__ = ["fuse_add_lora_linear"]
+
+
+@dataclass(frozen=True)
+class _SlotWeights:
+    """One slot's slices fused: `a` (sum of ranks, in), `b` (sum of slices, sum of ranks)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Order:
+    """The rows that use an adapter, by slot. `rows` None: each span is a range of the
+    batch's own rows (every slot's rows contiguous); else the rows to gather in slot order,
+    the spans being ranges of that gathered order."""
+
+    rows: torch.Tensor | None
+    spans: tuple[tuple[int, int, int], ...]  # (slot, start, stop)
+
+
+def _live(w: torch.Tensor, dim: int) -> int:
+    """Length of the prefix of `w`'s rank dimension `dim` holding every nonzero value."""
+    return ops._live_prefix(w.any(dim=1 - dim))
+
+
+def _slot_weights(
+    lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], slot: int
+) -> _SlotWeights | None:
+    """The slot's slices fused (in float32, the shrink buffer's dtype), memoised per slot
+    layout; None when the slot contributes nothing (an empty slot)."""
+    key = ("fused", slot, *(w.data_ptr() for w in (*lora_a, *lora_b)))
+    memo = ops._step.get_weights(key)
+    if memo is not None:
+        return memo if isinstance(memo, _SlotWeights) else None
+    a_parts, b_parts = [], []
+    for a_all, b_all in zip(lora_a, lora_b, strict=True):
+        a, b = ops._stacked(a_all)[slot], ops._stacked(b_all)[slot]
+        # Rank j adds x . a[j] * b[:, j]: nothing once either is zero from j on.
+        rank = min(_live(a, 0), _live(b, 1))
+        a_parts.append(a[:rank].float())
+        b_parts.append(b[:, :rank].float())
+    fused: _SlotWeights | None = None
+    if any(part.shape[0] for part in a_parts):
+        fused = _SlotWeights(torch.cat(a_parts), torch.block_diag(*b_parts))
+    ops._step.put_weights(key, fused if fused is not None else False)
+    return fused
+
+
+def _order(indices: torch.Tensor, num_slots: int) -> _Order:
+    """Rows grouped by slot (slot -1 left out), memoised for the step by the index tensor."""
+    key = ("order", *ops._address(indices), num_slots)
+    memo = ops._step.get(key)
+    if memo is not None:
+        return memo  # type: ignore[return-value]
+    groups = [g for g in ops._groups_of(indices, num_slots) if g.slot != ops.NO_ADAPTER]
+    if all(isinstance(g.rows, slice) for g in groups):
+        # The usual prefill batch (and any one-adapter batch): row views, no gather.
+        spans = [(g.slot, g.rows.start, g.rows.stop) for g in groups]  # type: ignore[union-attr]
+        order = _Order(None, tuple(spans))
+    else:
+        parts, spans, start = [], [], 0  # type: ignore[var-annotated]
+        for g in groups:
+            rows = g.rows
+            part = torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+            parts.append(part)
+            spans.append((g.slot, start, start + part.shape[0]))
+            start += part.shape[0]
+        order = _Order(torch.cat(parts), tuple(spans))
+    ops._step.put(key, order)
+    return order
+
+
+def _fused(
+    wrapper: Any,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+) -> bool:
+    """`y += scale * x @ A.T @ B.T` per row's slot, all slices at once; False: not covered
+    (nothing written)."""
+    if not ops._step.scoped or not lora_a or len(lora_a) != len(lora_b):
+        return False
+    x2, y2 = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
+    indices = wrapper.token_lora_indices
+    n, width = x2.shape[0], sum(output_slices)
+    if indices.shape[0] != n or y2.shape[0] != n or width > y2.shape[1]:
+        return False
+    num_slots = ops._stacked(lora_a[0]).shape[0]
+    for a_all, b_all, size in zip(lora_a, lora_b, output_slices, strict=True):
+        a, b = ops._stacked(a_all), ops._stacked(b_all)
+        if a.shape[0] != num_slots or b.shape[0] != num_slots or b.shape[1] != size:
+            return False
+        if a.shape[2] != x2.shape[1] or b.shape[2] != a.shape[1]:
+            return False
+    order = _order(indices, num_slots)
+    out = y2[:, :width]
+    dtype = y2.dtype
+    gathered = order.rows is not None
+    xs = x2 if order.rows is None else x2.index_select(0, order.rows)
+    values = torch.zeros((xs.shape[0], width), dtype=dtype) if gathered else None
+    for slot, start, stop in order.spans:
+        weights = _slot_weights(lora_a, lora_b, slot)
+        if weights is None:  # an empty slot adds exactly nothing
+            continue
+        # The wrapper's float32 shrink buffer, scaled there; the expand rounds like `ops`.
+        h = torch.mm(xs[start:stop].float(), weights.a.T)
+        if scale != 1.0:
+            h.mul_(scale)
+        if dtype in ops._REDUCED:
+            value = torch.mm(h.to(dtype).float(), weights.b.T).to(dtype)
+        else:
+            value = torch.mm(h.to(dtype), weights.b.T.to(dtype))
+        if values is None:
+            out[start:stop] += value
+        else:
+            values[start:stop] = value
+    if values is not None and order.rows is not None:
+        out.index_add_(0, order.rows, values)
+    return True
+
+
+def fuse_add_lora_linear(wrapper: type) -> None:
+    """Route `wrapper.add_lora_linear` through the fused path (idempotent)."""
+    original: Callable[..., Any] = wrapper.add_lora_linear  # type: ignore[attr-defined]
+    if getattr(original, "_tunegate_fused", False):
+        return
+
+    @functools.wraps(original)
+    def add_lora_linear(
+        self: Any,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a_stacked: tuple[torch.Tensor, ...],
+        lora_b_stacked: tuple[torch.Tensor, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        *,
+        buffer: tuple[torch.Tensor, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # vLLM's CPU wrapper ignores extra keywords; a caller's own buffer is its business.
+        if buffer is None and _fused(
+            self, y, x, tuple(lora_a_stacked), tuple(lora_b_stacked), scale, output_slices
+        ):
+            return None
+        return original(
+            self,
+            y,
+            x,
+            lora_a_stacked,
+            lora_b_stacked,
+            scale,
+            output_slices,
+            buffer=buffer,
+            **kwargs,
+        )
+
+    add_lora_linear._tunegate_fused = True  # type: ignore[attr-defined]
+    add_lora_linear._tunegate_original = original  # type: ignore[attr-defined]
+    wrapper.add_lora_linear = add_lora_linear  # type: ignore[attr-defined]
