@@ -32,6 +32,7 @@ from gateway.finetune import FINETUNE_ROUTES, FinetuneAPI
 from gateway.model_engines import ModelEngines
 from gateway.models import list_models, retrieve_model
 from gateway.monitoring.watch import DriftWatch, store_profiles
+from gateway.replicas.remote_engine import remote_engine
 from gateway.routing import ModelRouter
 from gateway.serving import Admission, Services
 from gateway.system import health, metrics
@@ -78,7 +79,11 @@ def create_app(
     for base_id in base_ids:
         base = registry.get(base_id)  # UnknownBaseError names the registered ones
         spec = EngineSpec(model_id=base.id, path=base.path, enable_lora=config.engine.enable_lora)
-        bases[base.id] = engine_factory(spec, config.engine)
+        bases[base.id] = (
+            remote_engine(spec, config)
+            if config.replicas.urls
+            else engine_factory(spec, config.engine)
+        )
     if store is None and use_store:
         store = _open_store(settings)
     model_engines = (

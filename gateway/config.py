@@ -30,6 +30,7 @@ from adapters_store.hardware import ENGINE_DTYPES
 from gateway.auth.config import AuthConfig
 from gateway.capture.config import CaptureConfig
 from gateway.monitoring.config import MonitorConfig
+from gateway.replicas.config import ReplicasConfig
 
 __all__ = ["AccountingConfig", "EngineConfig", "GatewayConfig", "Price"]
 
@@ -246,6 +247,7 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

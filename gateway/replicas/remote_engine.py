@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource, SSEError
 
-from gateway.config import EngineConfig
+from gateway.config import EngineConfig, GatewayConfig
 from gateway.engine import (
     Adapter,
     AdapterLoadFailedError,
@@ -40,10 +40,11 @@ from gateway.engine import (
 )
 from gateway.errors import EngineUnavailableError
 from gateway.replicas.client import AdapterRefusedError, ReplicaClient, ReplicaDownError
+from gateway.replicas.config import ReplicasConfig
 from gateway.replicas.fleet import AdapterTarget, ReplicaFleet
 from gateway.replicas.policy import NoHealthyReplicaError
 
-__all__ = ["RemoteEngine"]
+__all__ = ["RemoteEngine", "remote_engine"]
 
 log = logging.getLogger("tunegate.gateway.replicas")
 
@@ -66,6 +67,16 @@ def _unavailable(exc: Exception) -> EngineUnavailableError:
     )
 
 
+def remote_engine(spec: EngineSpec, config: GatewayConfig) -> RemoteEngine:
+    """The base engine when `gateway.replicas.urls` is set (replicas serve one base model)."""
+    if len(config.engine.bases) > 1:
+        raise ValueError(
+            "gateway.replicas serve one base model, but gateway.engine.bases lists "
+            f"{len(config.engine.bases)}: {config.engine.bases}"
+        )
+    return RemoteEngine.from_config(spec, config.engine, config.replicas)
+
+
 class RemoteEngine(Engine):
     """The base model (and its adapters) served by remote vLLM replicas."""
 
@@ -76,25 +87,17 @@ class RemoteEngine(Engine):
         self._closing: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_urls(
-        cls,
-        spec: EngineSpec,
-        config: EngineConfig,
-        urls: Sequence[str],
-        *,
-        load_factor: float = 1.25,
-        home_count: int = 1,
-        health_interval_s: float = 1.0,
-        connect_timeout_s: float = 2.0,
+    def from_config(
+        cls, spec: EngineSpec, config: EngineConfig, replicas: ReplicasConfig
     ) -> RemoteEngine:
-        timeout = httpx.Timeout(300.0, connect=connect_timeout_s)
+        timeout = httpx.Timeout(300.0, connect=replicas.connect_timeout_s)
         fleet = ReplicaFleet(
-            [ReplicaClient(url, timeout=timeout) for url in urls],
+            [ReplicaClient(url, timeout=timeout) for url in replicas.urls],
             max_loras=config.max_loras,
             max_cpu_loras=config.max_cpu_loras,
-            load_factor=load_factor,
-            home_count=home_count,
-            health_interval_s=health_interval_s,
+            load_factor=replicas.load_factor,
+            home_count=replicas.home_count,
+            health_interval_s=replicas.health_interval_s,
         )
         return cls(spec, config, fleet)
 

@@ -28,8 +28,9 @@ def _token(word: str) -> int:
 
 
 class FakeReplica:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, base: str = BASE) -> None:
         self.url = url
+        self.base = base
         self.loaded: dict[str, str] = {}
         self.healthy = True
         self.refusing = False  # connection refused: the process is gone
@@ -67,7 +68,7 @@ class FakeReplica:
         self.calls.append((path, body.get("model", "")))
         if path == "/tokenize":
             return self._tokenize(body)
-        if body["model"] != BASE and body["model"] not in self.loaded:
+        if body["model"] != self.base and body["model"] not in self.loaded:
             return self._error(404, f"The model `{body['model']}` does not exist.")
         if path == "/v1/completions":
             if body.get("temperature", 0) < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,89 @@ async def test_replica_dying_mid_request_is_a_retryable_503_and_others_go_on() -
     other = next(url for url in fakes if url != home)
     assert fakes[other].served("/v1/completions") == [ADAPTER.name]
     await engine.aclose()
+
+
+# -- through the gateway (`gateway.replicas.urls`) ----------------------------------------
+
+
+def test_gateway_serves_base_and_adapters_from_configured_replicas(
+    home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from litestar.testing import TestClient
+
+    from adapters_store import BaseRegistry, Store
+    from adapters_store.testing import write_lora
+    from gateway.app import create_app
+    from gateway.replicas import remote_engine as module
+    from tunegate.config import load_settings
+
+    base = "tiny-random-llama"
+    urls = ["http://127.0.0.1:9101", "http://127.0.0.1:9102"]
+    fakes = {url: FakeReplica(url, base=base) for url in urls}
+    # The one seam faked: each replica's connection goes to its fake instead of the network.
+    monkeypatch.setattr(
+        module,
+        "ReplicaClient",
+        lambda url, **kw: ReplicaClient(url, transport=fakes[url].transport(), **kw),
+    )
+    store = Store(home / "store", BaseRegistry(home / "models"))
+    registry = BaseRegistry(home / "models")
+    store.publish(write_lora(tmp_path / "lora", registry.get(base), r=4), "support")
+    settings = load_settings(env={"TUNEGATE_GATEWAY_REPLICAS_URLS": ",".join(urls)})
+    settings.default_base = base
+    app = create_app(settings, store=store)
+    user = [{"role": "user", "content": "my router is down"}]
+    with TestClient(app) as client:
+        assert client.get("/health").json()["engines"][base]["healthy"]
+        for model in (base, "support", "support"):
+            reply = client.post("/v1/chat/completions", json={"model": model, "messages": user})
+            assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        assert answer["choices"][0]["message"]["content"].startswith("support@1")
+        assert answer["usage"]["completion_tokens"] > 0
+        streamed = client.post(
+            "/v1/chat/completions",
+            json={"model": "support", "messages": user, "stream": True, "max_tokens": 3},
+        )
+        assert streamed.status_code == 200
+        chunks = [
+            json.loads(line[len("data: ") :])
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+        assert text == "support@1 0 1"
+    loads = [(u, c) for u, f in fakes.items() for c in f.calls if c[0] == "/v1/load_lora_adapter"]
+    assert len(loads) == 1  # loaded once, on its home replica, and served there after
+    home_url = loads[0][0]
+    assert fakes[home_url].served("/v1/completions").count("support@1") == 3
+    assert str(store.resolve("support").path) in fakes[home_url].loaded.values()
+
+
+def test_replica_settings_are_validated() -> None:
+    from gateway.replicas.config import ReplicasConfig
+
+    for kwargs, message in [
+        ({"urls": ["http://a:1", "http://a:1"]}, "twice"),
+        ({"urls": ["a:1"]}, "http"),
+        ({"load_factor": 1.0}, "load_factor"),
+        ({"home_count": 0}, "home_count"),
+        ({"health_interval_s": 0}, "health_interval_s"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ReplicasConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_replicas_serve_one_base_model_only() -> None:
+    from gateway.config import GatewayConfig
+    from gateway.replicas.config import ReplicasConfig
+    from gateway.replicas.remote_engine import remote_engine
+
+    config = GatewayConfig(
+        engine=EngineConfig(bases=["a", "b"]), replicas=ReplicasConfig(urls=["http://r:1"])
+    )
+    spec = EngineSpec(model_id="a", path=Path("/unused"), enable_lora=True)
+    with pytest.raises(ValueError, match="one base model"):
+        remote_engine(spec, config)
