@@ -169,7 +169,7 @@ class VllmBackend:
 
         self._llm = LLM(
             str(path),
-            dtype=engine_dtype("auto"),  # what the gateway serves in on this machine
+            dtype=engine_dtype("auto"),  # type: ignore[arg-type]  # what the gateway serves in here
             max_model_len=4096,
             enable_lora=True,
             max_lora_rank=64,

@@ -134,7 +134,7 @@ def _hook_steps(wrapper: type, new_step: Callable[[tuple[object, ...] | None], N
     slot weights for as long as the slot layout `lora_index_to_id` stays the same (see
     `ops._StepMemo`).
     """
-    update = wrapper.update_metadata
+    update = wrapper.update_metadata  # type: ignore[attr-defined]
     if getattr(update, "_tunegate_step_hook", False):
         return
 

@@ -109,7 +109,8 @@ class _StepMemo:
     def __init__(self) -> None:
         self._memo: dict[tuple[object, ...], object] = {}
         self._by_layout: dict[tuple[object, ...], object] = {}
-        self.reset()
+        self._layout: tuple[object, ...] | None = None
+        self.scoped = False
 
     def new_step(self, layout: tuple[object, ...] | None = None) -> None:
         """The wrapper wrote new index buffers for slot layout `layout` (None: unknown)."""
@@ -122,7 +123,7 @@ class _StepMemo:
     def reset(self) -> None:
         """Back to memoising nothing (for code that calls the ops directly afterwards)."""
         self.scoped = False
-        self._layout: tuple[object, ...] | None = None
+        self._layout = None
         self._memo.clear()
         self._by_layout.clear()
 

@@ -288,7 +288,8 @@ def _summary(
                 "ttft_p50_ms": ttft["p50"],
                 "ttft_p99_ms": ttft["p99"],
             }
-        g, v = medians[ours], medians[peer]
+        g: dict[str, Any] = medians[ours]
+        v: dict[str, Any] = medians[peer]
         streamed = g["ttft_p50_ms"] is not None and v["ttft_p50_ms"] is not None
         summary[f"{mode} c={concurrency}"] = {
             **medians,

@@ -118,7 +118,7 @@ async def _run(url: str, home: Path, folders: dict[str, Path], background: int) 
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         served, _ = await _first_token(client, "steady")  # loads it before the clock runs
         assert served
-        stop, failures = asyncio.Event(), []
+        stop, failures = asyncio.Event(), list[str]()
         loops = [
             asyncio.create_task(
                 _background(client, "steady" if i % 2 == 0 else DEFAULT_BASE, stop, failures)
