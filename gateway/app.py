@@ -32,6 +32,7 @@ from gateway.finetune import FINETUNE_ROUTES, FinetuneAPI
 from gateway.model_engines import ModelEngines
 from gateway.models import list_models, retrieve_model
 from gateway.monitoring.watch import DriftWatch, store_profiles
+from gateway.replicas.metrics import observe_remote_engines
 from gateway.replicas.remote_engine import remote_engine
 from gateway.routing import ModelRouter
 from gateway.serving import Admission, Services
@@ -114,6 +115,7 @@ def create_app(
     watchdog = EngineWatchdog(bases, services.admission)
     drift = DriftWatch(accounting_path(settings), store_profiles(store), config.monitor)
     services.telemetry.observe_drift(lambda: drift.snapshot)
+    observe_remote_engines(services.telemetry, bases)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from tests.unit.fake_vllm_replica import BASE, MAX_MODEL_LEN, FakeReplica
 
 pytestmark = pytest.mark.anyio
 
+ARTIFACT_LABEL = "tunegate_artifact"
 ADAPTER = Adapter(name="support@2", uid=7, path=Path("/shared/blobs/support/2"))
 
 
@@ -151,6 +152,7 @@ def test_gateway_serves_base_and_adapters_from_configured_replicas(
     home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from litestar.testing import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
 
     from adapters_store import BaseRegistry, Store
     from adapters_store.testing import write_lora
@@ -196,11 +198,24 @@ def test_gateway_serves_base_and_adapters_from_configured_replicas(
             c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
         )
         assert text == "support@1 0 1"
+        metrics = client.get("/metrics").text
     loads = [(u, c) for u, f in fakes.items() for c in f.calls if c[0] == "/v1/load_lora_adapter"]
     assert len(loads) == 1  # loaded once, on its home replica, and served there after
     home_url = loads[0][0]
     assert fakes[home_url].served("/v1/completions").count("support@1") == 3
     assert str(store.resolve("support").path) in fakes[home_url].loaded.values()
+    # Per-replica and per-adapter series, read from the fleet's counters at the scrape.
+    series = {
+        (
+            sample.name,
+            sample.labels.get("tunegate_replica") or sample.labels.get(ARTIFACT_LABEL),
+        ): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+    }
+    assert series[("tunegate_replica_adapter_loads_total", home_url)] == 1
+    assert series[("tunegate_replica_healthy", home_url)] == 1
+    assert series[("tunegate_adapter_replica_requests_total", "support@1")] == 3
 
 
 def test_replica_settings_are_validated() -> None:
