@@ -127,6 +127,11 @@ class Delta:
 class Engine:
     """An `AsyncLLM` plus what the serving code needs to know about its model."""
 
+    # An errored in-process `AsyncLLM` never serves again: only a restart of the gateway
+    # brings it back, so `EngineWatchdog` stops the server. Engines that can heal on their
+    # own (remote replicas) set this to False and are left running, answering 503 meanwhile.
+    fatal_when_unhealthy: bool = True
+
     def __init__(self, spec: EngineSpec, config: EngineConfig) -> None:
         self.spec = spec
         self.config = config

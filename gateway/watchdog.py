@@ -5,6 +5,10 @@ crashed kernel) the `AsyncLLM` in the gateway is marked errored and can never se
 Without this watch the gateway would keep answering 503 forever. With it, the gateway
 notices within `interval_s`, logs why, stops admitting, and asks the server to shut down
 (`stop`, set by `gateway.server.serve`); the server then exits non-zero.
+
+Only engines whose death is final are watched (`Engine.fatal_when_unhealthy`): a
+`RemoteEngine` with every replica down recovers when one answers /health again, so the
+gateway stays up and answers 503 with Retry-After until then.
 """
 
 from __future__ import annotations
@@ -45,7 +49,11 @@ class EngineWatchdog:
             self._task = None
 
     def check(self) -> str | None:
-        dead = [model_id for model_id, engine in self.bases.items() if not engine.healthy]
+        dead = [
+            model_id
+            for model_id, engine in self.bases.items()
+            if engine.fatal_when_unhealthy and not engine.healthy
+        ]
         if dead and self.failure is None:
             self.failure = f"the vLLM engine of {', '.join(dead)} died"
             log.critical("%s: refusing requests and shutting down for a restart", self.failure)

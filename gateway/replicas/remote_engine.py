@@ -80,6 +80,10 @@ def remote_engine(spec: EngineSpec, config: GatewayConfig) -> RemoteEngine:
 class RemoteEngine(Engine):
     """The base model (and its adapters) served by remote vLLM replicas."""
 
+    # With every replica down the gateway stays up (503 with Retry-After) and serves again
+    # as soon as the health loop sees a replica back: restarting it would not help.
+    fatal_when_unhealthy = False
+
     def __init__(self, spec: EngineSpec, config: EngineConfig, fleet: ReplicaFleet) -> None:
         super().__init__(spec, config)
         self.fleet = fleet
@@ -133,8 +137,7 @@ class RemoteEngine(Engine):
 
     @property
     def healthy(self) -> bool:
-        # One live replica is enough to serve; the watchdog must not stop the gateway
-        # because one of several replicas died.
+        # One live replica is enough to serve.
         return self._started and bool(self.fleet.router.healthy())
 
     # -- prompts ---------------------------------------------------------------------------

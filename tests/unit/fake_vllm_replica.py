@@ -13,11 +13,16 @@ import asyncio
 import json
 import zlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-__all__ = ["BASE", "FakeReplica"]
+if TYPE_CHECKING:
+    import pytest
+
+    from tunegate.config import Settings
+
+__all__ = ["BASE", "FakeReplica", "gateway_over_fakes"]
 
 BASE = "base-model"
 MAX_MODEL_LEN = 512
@@ -25,6 +30,26 @@ MAX_MODEL_LEN = 512
 
 def _token(word: str) -> int:
     return 3 + zlib.crc32(word.encode()) % 997
+
+
+def gateway_over_fakes(
+    monkeypatch: pytest.MonkeyPatch, urls: list[str], base: str, env: dict[str, str] | None = None
+) -> tuple[Settings, dict[str, FakeReplica]]:
+    """Settings for a gateway whose `gateway.replicas.urls` are `urls`, each replica's
+    connection going to its fake instead of the network (the one seam faked)."""
+    from gateway.replicas import remote_engine
+    from gateway.replicas.client import ReplicaClient
+    from tunegate.config import load_settings
+
+    fakes = {url: FakeReplica(url, base=base) for url in urls}
+    monkeypatch.setattr(
+        remote_engine,
+        "ReplicaClient",
+        lambda url, **kw: ReplicaClient(url, transport=fakes[url].transport(), **kw),
+    )
+    settings = load_settings(env={"TUNEGATE_GATEWAY_REPLICAS_URLS": ",".join(urls), **(env or {})})
+    settings.default_base = base
+    return settings, fakes
 
 
 class FakeReplica:

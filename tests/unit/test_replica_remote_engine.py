@@ -20,7 +20,7 @@ from gateway.engine import (
 from gateway.errors import EngineUnavailableError
 from gateway.replicas import ReplicaClient, ReplicaFleet
 from gateway.replicas.remote_engine import RemoteEngine
-from tests.unit.fake_vllm_replica import BASE, MAX_MODEL_LEN, FakeReplica
+from tests.unit.fake_vllm_replica import BASE, MAX_MODEL_LEN, FakeReplica, gateway_over_fakes
 
 pytestmark = pytest.mark.anyio
 
@@ -157,23 +157,13 @@ def test_gateway_serves_base_and_adapters_from_configured_replicas(
     from adapters_store import BaseRegistry, Store
     from adapters_store.testing import write_lora
     from gateway.app import create_app
-    from gateway.replicas import remote_engine as module
-    from tunegate.config import load_settings
 
     base = "tiny-random-llama"
     urls = ["http://127.0.0.1:9101", "http://127.0.0.1:9102"]
-    fakes = {url: FakeReplica(url, base=base) for url in urls}
-    # The one seam faked: each replica's connection goes to its fake instead of the network.
-    monkeypatch.setattr(
-        module,
-        "ReplicaClient",
-        lambda url, **kw: ReplicaClient(url, transport=fakes[url].transport(), **kw),
-    )
+    settings, fakes = gateway_over_fakes(monkeypatch, urls, base)
     store = Store(home / "store", BaseRegistry(home / "models"))
     registry = BaseRegistry(home / "models")
     store.publish(write_lora(tmp_path / "lora", registry.get(base), r=4), "support")
-    settings = load_settings(env={"TUNEGATE_GATEWAY_REPLICAS_URLS": ",".join(urls)})
-    settings.default_base = base
     app = create_app(settings, store=store)
     user = [{"role": "user", "content": "my router is down"}]
     with TestClient(app) as client:
