@@ -10,8 +10,8 @@ Here the slices are fused per adapter slot: their `lora_a` rows stacked into one
 `lora_b` into one block-diagonal matrix, each cut to the slot's live rank (vLLM zero-pads every
 adapter to `max_lora_rank`). The batch's rows are gathered once in slot order, each slot does
 two matmuls, and the result is added back with one scatter. Those per-slot matrices depend only
-on the slot weights, so they are built once per slot layout (see `ops._StepMemo`), and the row
-order once per step.
+on the slot weights, so they are built once per adapter entering a slot (see `ops._StepMemo`),
+and the row order once per step.
 
 Results equal the wrapper's with the grouped ops: every output column belongs to one slice,
 and the block-diagonal zeros add exact zeros; the float32 shrink buffer and the rounding of
@@ -60,10 +60,10 @@ def _live(w: torch.Tensor, dim: int) -> int:
 def _slot_weights(
     lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], slot: int
 ) -> _SlotWeights | None:
-    """The slot's slices fused (in float32, the shrink buffer's dtype), memoised per slot
-    layout; None when the slot contributes nothing (an empty slot)."""
-    key = ("fused", slot, *(w.data_ptr() for w in (*lora_a, *lora_b)))
-    memo = ops._step.get_weights(key)
+    """The slot's slices fused (in float32, the shrink buffer's dtype), memoised while the
+    slot keeps its adapter; None when the slot contributes nothing (an empty slot)."""
+    key = ("fused", *(w.data_ptr() for w in (*lora_a, *lora_b)))
+    memo = ops._step.get_slot(slot, key)
     if memo is not None:
         return memo if isinstance(memo, _SlotWeights) else None
     a_parts, b_parts = [], []
@@ -76,7 +76,7 @@ def _slot_weights(
     fused: _SlotWeights | None = None
     if any(part.shape[0] for part in a_parts):
         fused = _SlotWeights(torch.cat(a_parts), torch.block_diag(*b_parts))
-    ops._step.put_weights(key, fused if fused is not None else False)
+    ops._step.put_slot(slot, key, fused if fused is not None else False)
     return fused
 
 

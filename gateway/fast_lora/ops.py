@@ -109,6 +109,8 @@ class _StepMemo:
     def __init__(self) -> None:
         self._memo: dict[tuple[object, ...], object] = {}
         self._by_layout: dict[tuple[object, ...], object] = {}
+        # Keyed (slot, ...): what depends on one slot's weights, kept while its adapter stays.
+        self._by_slot: dict[tuple[object, ...], object] = {}
         self._layout: tuple[object, ...] | None = None
         self.scoped = False
 
@@ -118,6 +120,15 @@ class _StepMemo:
         self._memo.clear()
         if layout is None or layout != self._layout:
             self._by_layout.clear()
+            old = self._layout
+            if layout is None or old is None or len(layout) != len(old):
+                self._by_slot.clear()
+            else:
+                # A slot's weights are rewritten only when another adapter enters it: with
+                # many adapters over few slots, the other slots keep their work.
+                changed = {i for i, (a, b) in enumerate(zip(layout, old, strict=True)) if a != b}
+                for key in [k for k in self._by_slot if k[0] in changed]:
+                    del self._by_slot[key]
         self._layout = layout
 
     def reset(self) -> None:
@@ -126,6 +137,7 @@ class _StepMemo:
         self._layout = None
         self._memo.clear()
         self._by_layout.clear()
+        self._by_slot.clear()
 
     def get(self, key: tuple[object, ...]) -> object | None:
         return self._memo.get(key) if self.scoped else None
@@ -140,6 +152,14 @@ class _StepMemo:
     def put_weights(self, key: tuple[object, ...], value: object) -> None:
         if self.scoped:
             self._by_layout[key] = value
+
+    def get_slot(self, slot: int, key: tuple[object, ...]) -> object | None:
+        """What was put for `slot`'s weights under `key`, while the slot's adapter stays."""
+        return self._by_slot.get((slot, *key)) if self.scoped else None
+
+    def put_slot(self, slot: int, key: tuple[object, ...], value: object) -> None:
+        if self.scoped:
+            self._by_slot[(slot, *key)] = value
 
 
 _step = _StepMemo()

@@ -43,14 +43,16 @@ _HIDDEN = OP_MODULES[0][1]
 MODULES = (*((width, slices) for _, width, slices in OP_MODULES), (_HIDDEN, (_HIDDEN,)))
 SLOTS, MAX_RANK, RANK = LORA_ARGS["max_loras"], LORA_ARGS["max_lora_rank"], ADAPTER_RANK
 VOCAB = 49152
-# (label, tokens, adapters, prefill): decode batches interleave adapters token by token,
-# prefill batches hold 8 requests of equal length.
+# (label, tokens, adapters, prefill, churn): decode batches interleave adapters token by
+# token, prefill batches hold 8 requests of equal length; with churn, slot 0 takes a new
+# adapter every step (many adapters over few slots) and the others keep theirs.
 BATCHES = (
-    ("decode 8 tok, 1 adapter", 8, 1, False),
-    ("decode 32 tok, 1 adapter", 32, 1, False),
-    ("decode 32 tok, 4 adapters", 32, 4, False),
-    ("prefill 512 tok, 1 adapter", 512, 1, True),
-    ("prefill 512 tok, 4 adapters", 512, 4, True),
+    ("decode 8 tok, 1 adapter", 8, 1, False, False),
+    ("decode 32 tok, 1 adapter", 32, 1, False, False),
+    ("decode 32 tok, 4 adapters", 32, 4, False, False),
+    ("decode 32 tok, 4, new each step", 32, 4, False, True),
+    ("prefill 512 tok, 1 adapter", 512, 1, True, False),
+    ("prefill 512 tok, 4 adapters", 512, 4, True, False),
 )
 VARIANTS = ("vLLM ops", "grouped ops", "grouped + step memo", "fused modules")
 
@@ -134,21 +136,31 @@ def _variant(name: str) -> Iterator[None]:
         ops._step.reset()
 
 
-def _step_fn(batch: tuple[str, int, int, bool], dtype: Any) -> Callable[[], None]:
+def _step_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[], None]:
     import torch
+    from vllm.lora.layers import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    _, tokens, adapters, prefill = batch
+    _, tokens, adapters, prefill, churn = batch
     gen = torch.Generator().manual_seed(0)
     modules = _modules(tokens, dtype, gen)
     mapping = _mapping(tokens, adapters, prefill)
 
     wrapper = PunicaWrapperCPU(max_num_batched_tokens=4096, max_batches=256, device="cpu")
+    newcomer = iter(range(5, 1 << 30))  # adapter ids that no slot held before
 
     def step() -> None:
         # Once per step: the worst case for the memo (vLLM skips this call while a batch
         # keeps its adapter mapping, and the memo then lives on).
-        wrapper.update_metadata(mapping, [1, 2, 3, 4], SLOTS, VOCAB)
+        layout = [1, 2, 3, 4]
+        if churn:
+            # The slot's weights stay (the same numbers cost the same); its id is new.
+            layout[0] = next(newcomer)
+            slot_of = {1: layout[0]}
+            index = tuple(slot_of.get(i, i) for i in mapping.index_mapping)
+            wrapper.update_metadata(LoRAMapping(index, index), layout, SLOTS, VOCAB)
+        else:
+            wrapper.update_metadata(mapping, layout, SLOTS, VOCAB)
         for m in modules:
             wrapper.add_lora_linear(m.out, m.x, m.lora_a, m.lora_b, 1.0, m.slices)
 
@@ -187,7 +199,7 @@ def run(rounds: int, dtype_name: str, variants: tuple[str, ...]) -> list[dict[st
 
 def _line(row: dict[str, Any]) -> str:
     cells = " ".join(f"{row[v]:>20.1f}" if v in row else f"{'-':>20}" for v in VARIANTS)
-    return f"{row['batch']:28} {cells}"
+    return f"{row['batch']:32} {cells}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     variants = VARIANTS[1:] if args.skip_vllm_ops else VARIANTS
-    print(f"{'CPU ms per step':28} " + " ".join(f"{v:>20}" for v in VARIANTS), file=sys.stderr)
+    print(f"{'CPU ms per step':32} " + " ".join(f"{v:>20}" for v in VARIANTS), file=sys.stderr)
     rows = run(args.rounds, args.dtype, variants)
     result = {
         "benchmark": "lora_step",
