@@ -193,3 +193,72 @@ def test_measure_decode_times_every_model_on_the_same_prompts() -> None:
     for row in result.values():
         # Values only: which run was faster depends on the host's load, not on the code.
         assert row["decode_tokens_per_s"] > 0 and row["total_s"] > 0 and row["prefill_s"] > 0
+
+
+# -- teacher cache -------------------------------------------------------------------------
+
+
+class _Counting(torch.nn.Module):
+    """A teacher that counts the rows it runs (the shared prefix pass counts 1)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, **kwargs: Any) -> Any:
+        self.rows += int(kwargs["input_ids"].size(0))
+        return self.model(**kwargs)
+
+
+def _rows() -> list[tuple[list[int], list[int]]]:
+    """Three examples sharing a 10-token prompt; labels on each one's answer tokens."""
+    prompt = list(range(3, 13))
+    out = []
+    for own, answer in (([20, 21], [30, 31, 2]), ([22], [32, 2]), ([23, 24, 25], [33, 34, 35, 2])):
+        ids = prompt + own + answer
+        out.append((ids, [IGNORE_INDEX] * (len(ids) - len(answer)) + answer))
+    return out
+
+
+def _batch(rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, ...]:
+    from tuner.prefix import pad_batch
+
+    b = pad_batch(rows, pad_id=0)
+    targets = b["labels"][:, 1:]
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    return b["input_ids"], b["attention_mask"], keep, targets
+
+
+def test_teacher_cache_serves_each_example_once_whatever_its_batch() -> None:
+    from tuner.distill import TeacherCache
+    from tuner.prefix import prefix_forward
+
+    teacher = _Counting(_llama(2))
+    rows = _rows()
+    cache = TeacherCache()
+    for order in ([0, 1, 2], [2, 0], [1], [2, 1, 0]):  # epochs reshuffle; padding changes
+        ids, mask, keep, targets = _batch([rows[i] for i in order])
+        got = cache.logits(teacher, ids, mask, keep, targets)
+        with torch.no_grad():
+            want = prefix_forward(teacher.model, ids, mask, keep)
+        trained = targets[:, keep] != IGNORE_INDEX
+        assert got.shape == want.shape
+        torch.testing.assert_close(got[trained], want[trained], rtol=1e-4, atol=1e-4)
+        assert float(got[~trained].abs().sum()) == 0.0  # never read by kd_loss
+    # First batch: the 3 rows plus the shared-prefix pass; every later row came from the cache.
+    assert teacher.rows == 4
+    assert (cache.misses, cache.hits) == (3, 6)
+    assert cache.bytes == 9 * 64 * 4  # 9 trained positions x 64 logits x fp32
+
+
+def test_teacher_cache_past_its_budget_computes_on_the_fly() -> None:
+    from tuner.distill import TeacherCache
+
+    teacher = _Counting(_llama(2))
+    cache = TeacherCache(max_bytes=0)
+    ids, mask, keep, targets = _batch(_rows())
+    first = cache.logits(teacher, ids, mask, keep, targets)
+    again = cache.logits(teacher, ids, mask, keep, targets)
+    torch.testing.assert_close(first, again)
+    assert (cache.misses, cache.hits, cache.bytes) == (6, 0, 0)
