@@ -63,7 +63,8 @@ class EngineConfig:
         default=None,
         metadata={
             "doc": "KV-cache size in GiB (vLLM kv_cache_memory_bytes, which is what "
-            "VLLM_CPU_KVCACHE_SPACE sets on the CPU); empty: that variable if set, else 2."
+            "VLLM_CPU_KVCACHE_SPACE sets on the CPU); empty: that variable if set, else 2, "
+            "unless extra_args sets gpu_memory_utilization (then vLLM sizes it from that)."
         },
     )
     enable_lora: bool = field(default=True, metadata={"doc": "Serve LoRA adapters."})
@@ -89,7 +90,11 @@ class EngineConfig:
     )
     extra_args: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"doc": "More vLLM engine arguments, passed through (e.g. enforce_eager)."},
+        metadata={
+            "doc": "More vLLM AsyncEngineArgs, passed through under vLLM's names, e.g. "
+            '{"tensor_parallel_size": 2, "distributed_executor_backend": "ray"}; they win '
+            "over the fields above."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -169,16 +169,21 @@ class Engine:
             "dtype": engine_dtype(cfg.dtype),
             "max_model_len": cfg.max_model_len,
             "max_num_seqs": cfg.max_num_seqs,
-            "kv_cache_memory_bytes": int(self.kv_cache_gib() * 2**30),
             "seed": cfg.seed,
             "enable_lora": self.spec.enable_lora,
         }
+        # vLLM ignores gpu_memory_utilization whenever kv_cache_memory_bytes is set: a GPU
+        # user who passes only the former gets vLLM's own sizing from it, as vLLM documents.
+        if cfg.kv_cache_gib is not None or "gpu_memory_utilization" not in cfg.extra_args:
+            args["kv_cache_memory_bytes"] = int(self.kv_cache_gib() * 2**30)
         if self.spec.enable_lora:
             args.update(
                 max_loras=cfg.max_loras,
                 max_cpu_loras=cfg.max_cpu_loras,
                 max_lora_rank=cfg.max_lora_rank,
             )
+        # Everything else vLLM's AsyncEngineArgs takes (tensor_parallel_size,
+        # pipeline_parallel_size, distributed_executor_backend, ...) goes through unchanged.
         args.update(cfg.extra_args)
         return args
 
