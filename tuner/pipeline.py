@@ -17,6 +17,7 @@ from typing import Any
 from adapters_store.bases import BaseRegistry
 from tuner.backends import Backend, ModelSpec, TransformersBackend, VllmBackend, choose_backend
 from tuner.config import TunerConfig
+from tuner.distributed import is_main_process, main_process_echo
 from tuner.evaluate import EvalResult, evaluate, format_table, load_cases
 from tuner.hardware import configure_threads
 from tuner.recipe import Recipe
@@ -174,8 +175,10 @@ def tune(
         raise TrainingError(
             f"recipe {recipe.name!r} is a distill recipe: run it with `tunegate distill`"
         )
-    configure_threads(config.threads, echo)
+    configure_threads(config.threads, main_process_echo(echo))
     run = train(recipe, home, resume=resume, echo=echo)
+    if not is_main_process():
+        return TuneOutcome(run, None, None)  # under accelerate: the main process goes on
     evaluation = evaluate_run(run, run_spec(run), config, backend, echo)
     reference = None
     if recipe.publish:

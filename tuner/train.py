@@ -25,6 +25,14 @@ import yaml
 
 from adapters_store.bases import BaseModel, BaseRegistry
 from tuner.data import IGNORE_INDEX, dataset_sha256, encode_conversation, load_conversations
+from tuner.distributed import (
+    from_main_process,
+    is_distributed,
+    is_main_process,
+    main_process_echo,
+    main_process_first,
+    sum_over,
+)
 from tuner.hardware import resolve_precision
 from tuner.prefix import pad_batch, prefix_forward
 from tuner.recipe import Recipe
@@ -158,15 +166,20 @@ def train(
 
     `callbacks` are extra transformers `TrainerCallback`s (the fine-tuning worker's events,
     checkpoint rows and cancel between steps).
+
+    Under `accelerate launch` every process trains; only the main one writes (see
+    `tuner.distributed`), and the result describes the whole run in each process.
     """
     import torch
 
-    base = ensure_base(home / "models", recipe.base)
-    data = prepare_data(recipe, home, echo)
+    echo = main_process_echo(echo)
+    with main_process_first():
+        base = ensure_base(home / "models", recipe.base)
+        data = prepare_data(recipe, home, echo)
 
     # Invalid data is refused here, before a model is loaded, with the validator's messages.
     tokenizer, train_set, valid_set = load_datasets(recipe, base, data)
-    run_dir = open_run_dir(recipe, home, resume, "trained")
+    run_dir = from_main_process(lambda: open_run_dir(recipe, home, resume, "trained"))
     echo(f"run folder: {run_dir}")
 
     model = _load_model(recipe, base, torch)
@@ -181,10 +194,13 @@ def train(
     seconds = time.perf_counter() - started
 
     out_dir = run_dir / ("adapter" if recipe.method == "lora" else "model")
-    _save(recipe, trainer.model, tokenizer, out_dir, torch)
-    _plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", recipe.name)
+    # Under FSDP each process holds a shard: all of them take part in gathering the weights.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if is_distributed() else None
+    if is_main_process():
+        _save(recipe, trainer.model, tokenizer, out_dir, torch, state_dict)
+        _plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", recipe.name)
 
-    tokens = counter.tokens
+    tokens = sum_over(counter.tokens)
     speed = tokens / seconds if seconds > 0 else 0.0
     loss = float(output.training_loss) if output.training_loss is not None else None
     result = RunResult(
@@ -199,25 +215,8 @@ def train(
         tokens_per_second=speed,
         final_loss=loss,
     )
-    (run_dir / "run.json").write_text(
-        json.dumps(
-            {
-                "recipe": recipe.to_dict(),
-                "base": base.id,
-                "train_file": str(data.train),
-                "dataset_sha256": result.dataset_sha256,
-                "examples": len(train_set),
-                "steps": output.global_step,
-                "train_tokens": tokens,
-                "train_seconds": round(seconds, 2),
-                "tokens_per_second": round(speed, 1),
-                "train_loss": loss,
-                "output": str(out_dir),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    if is_main_process():
+        _write_run_json(result, len(train_set), output.global_step)
     echo(
         f"trained {tokens} tokens in {seconds:.1f} s: {speed:.0f} tokens/s "
         f"({output.global_step} steps, final train loss {loss:.4f})"
@@ -225,6 +224,28 @@ def train(
         else f"trained {tokens} tokens in {seconds:.1f} s: {speed:.0f} tokens/s"
     )
     return result
+
+
+def _write_run_json(result: RunResult, examples: int, steps: int) -> None:
+    (result.run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "recipe": result.recipe.to_dict(),
+                "base": result.base.id,
+                "train_file": str(result.data.train),
+                "dataset_sha256": result.dataset_sha256,
+                "examples": examples,
+                "steps": steps,
+                "train_tokens": result.train_tokens,
+                "train_seconds": round(result.train_seconds, 2),
+                "tokens_per_second": round(result.tokens_per_second, 1),
+                "train_loss": result.final_loss,
+                "output": str(result.output_dir),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def load_datasets(
@@ -396,6 +417,9 @@ def _build_trainer(
         prediction_loss_only=True,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         remove_unused_columns=False,
+        # Under DDP every trainable weight takes part in each step (frozen layers below
+        # lora_layers have no gradient at all): skip the per-step search for unused ones.
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         report_to="none",
         disable_tqdm=False,
@@ -433,13 +457,27 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def _save(recipe: Recipe, model: Any, tokenizer: Any, out_dir: Path, torch: Any) -> None:
+def _save(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    torch: Any,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
+    """Write the result; `state_dict` is the gathered full weights of a multi-process run."""
     if recipe.method == "lora":
         # safetensors, explicit target modules, bias none, no modules_to_save: what vLLM and
         # the store accept.
-        model.save_pretrained(out_dir)
-    else:
+        model.save_pretrained(out_dir, state_dict=state_dict)
+    elif state_dict is None:
         model.to(torch.bfloat16).save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    else:
+        weights = {
+            k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict.items()
+        }
+        model.save_pretrained(out_dir, state_dict=weights)
         tokenizer.save_pretrained(out_dir)
 
 
