@@ -21,6 +21,7 @@ __all__ = [
     "is_main_process",
     "main_process_echo",
     "main_process_first",
+    "mean_over",
     "sum_over",
 ]
 
@@ -75,11 +76,22 @@ def from_main_process(make: Callable[[], T]) -> T:
 
 def sum_over(value: int) -> int:
     """`value` summed over the processes (e.g. the tokens each one trained on)."""
+    return int(_all_reduce(value))
+
+
+def mean_over(value: float) -> float:
+    """`value` averaged over the processes (e.g. each one's mean training loss)."""
+    if not is_distributed():
+        return value
+    return _all_reduce(value) / int(os.environ["WORLD_SIZE"])
+
+
+def _all_reduce(value: float) -> float:
     if not is_distributed():
         return value
     import torch
     import torch.distributed as dist
 
-    total = torch.tensor([value], dtype=torch.int64, device=_state().device)
+    total = torch.tensor([value], dtype=torch.float64, device=_state().device)
     dist.all_reduce(total)
-    return int(total.item())
+    return float(total.item())

@@ -31,6 +31,7 @@ from tuner.distributed import (
     is_main_process,
     main_process_echo,
     main_process_first,
+    mean_over,
     sum_over,
 )
 from tuner.hardware import resolve_precision
@@ -202,7 +203,8 @@ def train(
 
     tokens = sum_over(counter.tokens)
     speed = tokens / seconds if seconds > 0 else 0.0
-    loss = float(output.training_loss) if output.training_loss is not None else None
+    # Each process averages the loss of its own share of the batches.
+    loss = mean_over(float(output.training_loss)) if output.training_loss is not None else None
     result = RunResult(
         run_dir=run_dir,
         output_dir=out_dir,
