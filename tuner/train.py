@@ -27,7 +27,6 @@ from adapters_store.bases import BaseModel, BaseRegistry
 from tuner.data import IGNORE_INDEX, dataset_sha256, encode_conversation, load_conversations
 from tuner.distributed import (
     from_main_process,
-    is_distributed,
     is_main_process,
     main_process_echo,
     main_process_first,
@@ -196,9 +195,13 @@ def train(
 
     out_dir = run_dir / ("adapter" if recipe.method == "lora" else "model")
     # Under FSDP each process holds a shard: all of them take part in gathering the weights.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if is_distributed() else None
+    # (Under DDP every process holds them all, and the main one saves its own.)
+    state_dict = (
+        trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    )
     if is_main_process():
-        _save(recipe, trainer.model, tokenizer, out_dir, torch, state_dict)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        _save(recipe, model, tokenizer, out_dir, torch, state_dict)
         _plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", recipe.name)
 
     tokens = sum_over(counter.tokens)
