@@ -62,9 +62,12 @@ def ensure_default(models_dir: Path, verify: bool = True) -> BaseModel:
 
 def ensure_tiny(models_dir: Path) -> BaseModel:
     """Build (once) and return the tiny random-weight Llama with the default tokenizer."""
-    default = ensure_default(models_dir)
+    # The default (its tokenizer) is needed only to BUILD the tiny model: a home that holds
+    # just the tiny one (a GPU node, a CI cache) must not convert or hash the 260 MB default.
     return BaseRegistry(models_dir).ensure(
-        TINY_BASE_ID, lambda dest: _build_tiny(default.path, dest), f"random:{DEFAULT_BASE_ID}"
+        TINY_BASE_ID,
+        lambda dest: _build_tiny(ensure_default(models_dir).path, dest),
+        f"random:{DEFAULT_BASE_ID}",
     )
 
 
