@@ -363,9 +363,19 @@ def _build_trainer(
             # Position p predicts token p+1: keep only positions whose next token is trained.
             targets = labels[:, 1:]
             keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-            logits = prefix_forward(
-                model, inputs["input_ids"], inputs["attention_mask"], keep
-            ).float()
+            if self.is_fsdp_enabled:
+                # FSDP allows one forward per backward: the shared-prefix pass (two forwards)
+                # failed on an H200 under FSDP1 (assert in _use_unsharded_views) and FSDP2
+                # (freed parameter storage) with a LoRA model.
+                logits = model(
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    logits_to_keep=keep,
+                ).logits.float()
+            else:
+                logits = prefix_forward(
+                    model, inputs["input_ids"], inputs["attention_mask"], keep
+                ).float()
             picked = targets[:, keep]
             accuracy.update(logits, picked, training=model.training)
             loss_sum = F.cross_entropy(
@@ -482,6 +492,11 @@ def _save(
         weights = {
             k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict.items()
         }
+        # A gathered (FSDP) state dict holds tied weights (lm_head = embed_tokens) as separate
+        # tensors, so save_pretrained cannot see the tie by storage and would save both.
+        for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+            if source in weights:
+                weights.pop(target, None)
         model.save_pretrained(out_dir, state_dict=weights)
         tokenizer.save_pretrained(out_dir)
 
