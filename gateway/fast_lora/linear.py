@@ -52,11 +52,6 @@ class _Order:
     spans: tuple[tuple[int, int, int], ...]  # (slot, start, stop)
 
 
-def _live(w: torch.Tensor, dim: int) -> int:
-    """Length of the prefix of `w`'s rank dimension `dim` holding every nonzero value."""
-    return ops._live_prefix(w.any(dim=1 - dim))
-
-
 def _slot_weights(
     lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], slot: int
 ) -> _SlotWeights | None:
@@ -70,7 +65,7 @@ def _slot_weights(
     for a_all, b_all in zip(lora_a, lora_b, strict=True):
         a, b = ops._stacked(a_all)[slot], ops._stacked(b_all)[slot]
         # Rank j adds x . a[j] * b[:, j]: nothing once either is zero from j on.
-        rank = min(_live(a, 0), _live(b, 1))
+        rank = min(ops._trailing_rank(a, shrink=True), ops._trailing_rank(b, shrink=False))
         a_parts.append(a[:rank].float())
         b_parts.append(b[:, :rank].float())
     fused: _SlotWeights | None = None

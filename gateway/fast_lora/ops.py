@@ -100,15 +100,15 @@ class _StepMemo:
     ops (a host sync) is done once instead of once per call.
 
     Slot weights are written only when an adapter enters or leaves a slot, which changes the
-    slot layout (`lora_index_to_id`) that vLLM passes along: what depends on the weights
-    (their rank without padding) is kept until the layout changes.
+    slot layout (`lora_index_to_id`) that vLLM passes along: what depends on one slot's
+    weights (their rank without padding, the fused module weights of `linear`) is kept
+    until that slot's entry in the layout changes.
 
     Until the hook has run (the ops called directly, e.g. by tests) nothing is memoised.
     """
 
     def __init__(self) -> None:
         self._memo: dict[tuple[object, ...], object] = {}
-        self._by_layout: dict[tuple[object, ...], object] = {}
         # Keyed (slot, ...): what depends on one slot's weights, kept while its adapter stays.
         self._by_slot: dict[tuple[object, ...], object] = {}
         self._layout: tuple[object, ...] | None = None
@@ -119,7 +119,6 @@ class _StepMemo:
         self.scoped = True
         self._memo.clear()
         if layout is None or layout != self._layout:
-            self._by_layout.clear()
             old = self._layout
             if layout is None or old is None or len(layout) != len(old):
                 self._by_slot.clear()
@@ -136,7 +135,6 @@ class _StepMemo:
         self.scoped = False
         self._layout = None
         self._memo.clear()
-        self._by_layout.clear()
         self._by_slot.clear()
 
     def get(self, key: tuple[object, ...]) -> object | None:
@@ -145,13 +143,6 @@ class _StepMemo:
     def put(self, key: tuple[object, ...], value: object) -> None:
         if self.scoped:
             self._memo[key] = value
-
-    def get_weights(self, key: tuple[object, ...]) -> object | None:
-        return self._by_layout.get(key) if self.scoped else None
-
-    def put_weights(self, key: tuple[object, ...], value: object) -> None:
-        if self.scoped:
-            self._by_layout[key] = value
 
     def get_slot(self, slot: int, key: tuple[object, ...]) -> object | None:
         """What was put for `slot`'s weights under `key`, while the slot's adapter stays."""
@@ -276,23 +267,31 @@ def _live_prefix(nonzero: torch.Tensor) -> int:
     return int(hits[-1]) + 1 if hits.numel() else 0
 
 
-def _live_rank(w: torch.Tensor, shrink: bool, rows: int) -> int | None:
-    """The rank of one slot's weights without vLLM's zero padding, or None: not worth it.
+def _trailing_rank(w: torch.Tensor, shrink: bool) -> int:
+    """The rank of one slot's weights without vLLM's zero padding.
 
     Shrink weights are (rank, in): trailing all-zero rows give exactly-zero outputs. Expand
     weights are (out, rank): trailing all-zero columns multiply their inputs by zero, so
-    those input columns add exactly nothing. Within a hooked step the answer is memoised by
-    the weights' address until the slot layout changes (see `_StepMemo`), which makes the
-    check pay off for decode batches too; otherwise only large groups check.
+    those input columns add exactly nothing.
     """
-    key = (w.data_ptr(), *w.shape, *w.stride(), shrink)
-    memo = _step.get_weights(key)
+    return _live_prefix(w.any(dim=1) if shrink else w.any(dim=0))
+
+
+def _live_rank(w: torch.Tensor, slot: int, shrink: bool, rows: int) -> int | None:
+    """`_trailing_rank` of slot `slot`'s weights `w`, or None: not worth checking.
+
+    Within a hooked step the answer is memoised while the slot keeps its adapter (see
+    `_StepMemo`), which makes the check pay off for decode batches too; otherwise only
+    large groups check.
+    """
+    key = ("rank", w.data_ptr(), *w.shape, *w.stride(), shrink)
+    memo = _step.get_slot(slot, key)
     if memo is not None:
         return memo  # type: ignore[return-value]
     if not _step.scoped and rows < _TRIM_MIN_ROWS:
         return None
-    rank = _live_prefix(w.any(dim=1) if shrink else w.any(dim=0))
-    _step.put_weights(key, rank)
+    rank = _trailing_rank(w, shrink)
+    _step.put_slot(slot, key, rank)
     return rank
 
 
@@ -328,7 +327,7 @@ def _apply(
         # of one adapter per batch) skips the row views.
         whole = isinstance(rows, slice) and rows.stop - rows.start == n
         x, w, out = _rows(inputs, None if whole else rows), weights[group.slot], target
-        rank = _live_rank(w, shrink, x.shape[0])
+        rank = _live_rank(w, group.slot, shrink, x.shape[0])
         if rank is not None:
             if shrink:
                 if rank < w.shape[0]:
