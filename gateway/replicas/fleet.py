@@ -86,6 +86,9 @@ class ReplicaFleet:
         self.health_interval_s = health_interval_s
         self.replica_stats = {url: ReplicaStats() for url in self.clients}
         self.adapter_stats: dict[str, ReplicaStats] = {}
+        # Requests (and spills) per (replica, adapter): which replica served which adapter is
+        # what affinity is about, and neither per-replica nor per-adapter sums show it.
+        self.pair_stats: dict[tuple[str, str], ReplicaStats] = {}
         self._loading: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._health_task: asyncio.Task[None] | None = None
 
@@ -131,7 +134,8 @@ class ReplicaFleet:
         self.replica_stats[url].marked_down += 1
 
     def snapshot(self) -> dict[str, Any]:
-        """Per-replica and per-adapter counters plus live state (for metrics and tests)."""
+        """Per-replica, per-adapter and per-(replica, adapter) counters plus live state (for
+        metrics and tests)."""
         replicas = {}
         for url, state in self.router.replicas.items():
             replicas[url] = {
@@ -141,7 +145,11 @@ class ReplicaFleet:
                 "adapters": state.slots.held,
             }
         adapters = {name: asdict(stats) for name, stats in self.adapter_stats.items()}
-        return {"replicas": replicas, "adapters": adapters}
+        pairs = [
+            {"replica": url, "adapter": name, "requests": stats.requests, "spilled": stats.spilled}
+            for (url, name), stats in self.pair_stats.items()
+        ]
+        return {"replicas": replicas, "adapters": adapters, "pairs": pairs}
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -216,6 +224,9 @@ class ReplicaFleet:
                 per_adapter = self.adapter_stats.setdefault(adapter.name, ReplicaStats())
                 per_adapter.requests += 1
                 per_adapter.spilled += route.spilled
+                pair = self.pair_stats.setdefault((route.replica, adapter.name), ReplicaStats())
+                pair.requests += 1
+                pair.spilled += route.spilled
             client = self.clients[route.replica]
             try:
                 if adapter is not None:

@@ -38,6 +38,12 @@ _ADAPTER_COUNTERS = [
     ("tunegate.adapter.replica_loads", "loads", "{load}", "Loads into a replica."),
     ("tunegate.adapter.spilled", "spilled", "{request}", "Requests served off its homes."),
 ]
+# Both labels: which replica served which adapter (affinity). One series per pair that ever
+# had a request, which affinity keeps near home_count per adapter.
+_PAIR_COUNTERS = [
+    ("tunegate.replica.adapter_requests", "requests", "{request}", "Requests of the adapter."),
+    ("tunegate.replica.adapter_spilled", "spilled", "{request}", "Of them, spilled there."),
+]
 
 
 def observe_fleet(telemetry: Telemetry, fleet: ReplicaFleet) -> None:
@@ -58,6 +64,15 @@ def observe_fleet(telemetry: Telemetry, fleet: ReplicaFleet) -> None:
 
         return observe
 
+    def pair_values(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            for pair in fleet.snapshot()["pairs"]:
+                yield Observation(
+                    float(pair[field]), {REPLICA: pair["replica"], ARTIFACT: pair["adapter"]}
+                )
+
+        return observe
+
     for name, field, unit, description in _REPLICA_COUNTERS:
         meter.create_observable_counter(
             name, callbacks=[replica_values(field)], unit=unit, description=description
@@ -69,6 +84,10 @@ def observe_fleet(telemetry: Telemetry, fleet: ReplicaFleet) -> None:
     for name, field, unit, description in _ADAPTER_COUNTERS:
         meter.create_observable_counter(
             name, callbacks=[adapter_values(field)], unit=unit, description=description
+        )
+    for name, field, unit, description in _PAIR_COUNTERS:
+        meter.create_observable_counter(
+            name, callbacks=[pair_values(field)], unit=unit, description=description
         )
 
 

@@ -130,6 +130,34 @@ async def test_refused_replica_is_skipped_and_marked_down_without_a_client_error
     await fleet.aclose()
 
 
+async def test_pairs_say_which_replica_served_which_adapter_and_what_spilled() -> None:
+    fleet, fakes = _fleet()
+    adapter = _adapter(3)
+    home, second = fleet.router.walk(adapter.name)[:2]
+    for _ in range(2):
+        await _chat(fleet, adapter)
+    fakes[home].refusing = True
+    assert (await _chat(fleet, adapter)).json()["replica"] == second
+    await _chat(fleet, None)  # base-model requests have no adapter: no pair
+    pairs = {(p["replica"], p["adapter"]): p for p in fleet.snapshot()["pairs"]}
+    # The refused attempt was routed to the home too (it never ran there).
+    assert pairs == {
+        (home, adapter.name): {
+            "replica": home,
+            "adapter": adapter.name,
+            "requests": 3,
+            "spilled": 0,
+        },
+        (second, adapter.name): {
+            "replica": second,
+            "adapter": adapter.name,
+            "requests": 1,
+            "spilled": 1,
+        },
+    }
+    await fleet.aclose()
+
+
 async def test_health_loop_takes_a_dead_replica_out_and_brings_it_back() -> None:
     fleet, fakes = _fleet(health_interval_s=0.01)
     await fleet.start()

@@ -206,6 +206,13 @@ def test_gateway_serves_base_and_adapters_from_configured_replicas(
     assert series[("tunegate_replica_adapter_loads_total", home_url)] == 1
     assert series[("tunegate_replica_healthy", home_url)] == 1
     assert series[("tunegate_adapter_replica_requests_total", "support@1")] == 3
+    pairs = {
+        (sample.labels["tunegate_replica"], sample.labels[ARTIFACT_LABEL]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "tunegate_replica_adapter_requests_total"
+    }
+    assert pairs == {(home_url, "support@1"): 3}
 
 
 def test_replica_settings_are_validated() -> None:
