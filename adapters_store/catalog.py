@@ -4,18 +4,20 @@ Signatures and dataclasses here are the contract the gateway and the tuner code 
 change them only together with their callers.
 
 Layout under the store root (`$TUNEGATE_HOME/store/`): `catalog.sqlite3` (every SQL
-statement lives in `sqlite_catalog.py`), `blobs/<name>/<version>/` (immutable folders) and
-`tmp/` (publishes in progress). A publish copies into `tmp/`, validates and hashes the copy,
-then in ONE catalog write transaction allocates the version number, moves the folder into
-`blobs/` with `os.replace` and records it. Readers only ever find committed versions, and
-their folders are complete. Opening a store sweeps what a killed publisher left behind.
+statement lives in `catalog_sql.py`; with `store.catalog_url` the same tables live in
+PostgreSQL instead, see `postgres_catalog.py`), `blobs/<name>/<version>/` (immutable
+folders) and `tmp/` (publishes in progress). A publish copies into `tmp/`, validates and
+hashes the copy, then in ONE catalog write transaction allocates the version number, moves
+the folder into `blobs/` with `os.replace` and records it. Readers only ever find committed
+versions, and their folders are complete. Opening a store sweeps what a killed publisher
+left behind.
 
 Change feed (for the gateway and any other long-running reader)::
 
     store = Store.open(settings)
     seen = store.generation()
     while serving:                      # e.g. every 200 ms
-        now = store.generation()        # one indexed SQLite read, microseconds
+        now = store.generation()        # one indexed read (SQLite: microseconds)
         if now != seen:
             seen = now
             ...re-resolve the references you serve (store.list() / store.resolve(ref))
@@ -32,6 +34,7 @@ import getpass
 import json
 import os
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,15 +254,33 @@ def _alias_state(tx: CatalogTx, name: str, alias: str) -> dict[str, Any] | None:
     return state
 
 
+class _Catalog(Protocol):
+    """A catalog backend: `SqliteCatalog`, or `PostgresCatalog` with `store.catalog_url`."""
+
+    def read(self) -> AbstractContextManager[CatalogTx]: ...
+    def write(self) -> AbstractContextManager[CatalogTx]: ...
+    def generation(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class Store:
-    """The embedded catalog under one folder: `catalog.sqlite3` + `blobs/<name>/<version>/`."""
+    """The catalog (`catalog.sqlite3` under the folder, or PostgreSQL with
+    `store.catalog_url`) and the folder's `blobs/<name>/<version>/`."""
 
     def __init__(self, root: Path, bases: BaseRegistry, config: StoreConfig | None = None) -> None:
         self.root = Path(root)
         self.bases = bases
         self.config = config or StoreConfig()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._db = SqliteCatalog(self.root / "catalog.sqlite3")
+        self._db: _Catalog
+        if self.config.catalog_url is not None:
+            from adapters_store.postgres_catalog import PostgresCatalog
+
+            # Opened before any folder is made: a bad URL or a down server leaves nothing.
+            self._db = PostgresCatalog(self.config.catalog_url)
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._db = SqliteCatalog(self.root / "catalog.sqlite3")
         self._blobs = BlobArea(self.root)
         self.sweep()
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["StoreConfig", "default_home"]
+__all__ = ["StoreConfig", "check_postgres_url", "default_home", "redact_url"]
 
 
 def default_home() -> Path:
@@ -28,6 +29,39 @@ class StoreConfig:
         metadata={"doc": "Largest LoRA rank accepted at publish (vLLM's max_lora_rank)."},
     )
 
+    catalog_url: str | None = field(
+        default=None,
+        metadata={
+            "doc": "A postgresql:// URL to keep the catalog in PostgreSQL, shared by several "
+            "gateways (each must then see the same store folder, which holds the blobs); "
+            "empty: the embedded store/catalog.sqlite3."
+        },
+    )
+
     def __post_init__(self) -> None:
         if not 1 <= self.max_lora_rank <= 512:
             raise ValueError(f"store.max_lora_rank must be in 1..512, got {self.max_lora_rank}")
+        if self.catalog_url == "":
+            self.catalog_url = None  # an empty env var or file value means the default
+        if self.catalog_url is not None:
+            check_postgres_url(self.catalog_url, "store.catalog_url")
+
+
+def check_postgres_url(url: str, setting: str) -> None:
+    """Refuse anything but a well-formed postgresql:// URL, naming the setting (without the
+    password); whether the server answers is checked when the catalog opens."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    shown = redact_url(url) if isinstance(url, str) else url
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{setting} must be a postgresql:// URL, got {shown!r}")
+    try:
+        conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq's parser refused it
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{setting}: not a valid PostgreSQL URL {shown!r}: {reason}") from None
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, fit for an error message or a log line."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)

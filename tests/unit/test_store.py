@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from adapters_store import (
     PublishRefusedError,
     Reference,
     Store,
+    StoreConfig,
     UnknownReferenceError,
     parse_reference,
 )
@@ -22,8 +24,11 @@ from adapters_store.testing import write_lora
 
 
 @pytest.fixture
-def store(home: Path) -> Store:
-    return Store(home / "store", BaseRegistry(home / "models"))
+def store(home: Path, store_config: StoreConfig) -> Iterator[Store]:
+    """A fresh store, its catalog in SQLite and then in PostgreSQL (tests/unit/conftest.py)."""
+    store = Store(home / "store", BaseRegistry(home / "models"), store_config)
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -115,7 +120,7 @@ def test_publish_resolve_list(store: Store, adapter: Path, tiny_model: BaseModel
     assert [v.ref for v in store.list("telecom")] == ["telecom@1", "telecom@2"]
 
     # A second Store on the same folder (another process, e.g. the gateway) sees the same.
-    again = Store(store.root, store.bases)
+    again = Store(store.root, store.bases, store.config)
     assert again.list() == store.list()
     assert again.generation() == store.generation()
 

@@ -13,20 +13,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from adapters_store import BaseModel, BaseRegistry, Store
+from adapters_store import BaseModel, BaseRegistry, Store, StoreConfig
 from adapters_store.testing import write_lora
 
 _CHILD = """
 import json, os, shutil, signal, sys, time
 from pathlib import Path
-from adapters_store import BaseRegistry, Store
+from adapters_store import BaseRegistry, Store, StoreConfig
 import adapters_store.sqlite_catalog as sql
 
-root, models, adapter, name, mode, marker, count = sys.argv[1:8]
+root, models, adapter, name, mode, marker, count, url = sys.argv[1:9]
 
 def announce():
     Path(marker).write_text(str(os.getpid()))
@@ -51,16 +52,19 @@ elif mode == "wait-for-go":
     while not Path(marker + ".go").exists():
         time.sleep(0.01)
 
-store = Store(Path(root), BaseRegistry(Path(models)))
+store = Store(Path(root), BaseRegistry(Path(models)), StoreConfig(catalog_url=url or None))
 done = [store.publish(Path(adapter), name).version for _ in range(int(count))]
 print(json.dumps(done))
 """
 
 
 @pytest.fixture
-def store(home: Path) -> Store:
-    store = Store(home / "store", BaseRegistry(home / "models"))
-    return store
+def store(home: Path, store_config: StoreConfig) -> Iterator[Store]:
+    """A fresh store, its catalog in SQLite and then in PostgreSQL: with PostgreSQL the
+    publishers below are separate processes on one database, as several gateways are."""
+    store = Store(home / "store", BaseRegistry(home / "models"), store_config)
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def _child(
 ) -> subprocess.Popen[str]:
     args = [str(store.root), str(store.bases.models_dir), str(adapter), name, mode, str(marker)]
     return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, *args, str(count)],
+        [sys.executable, "-c", _CHILD, *args, str(count), store.config.catalog_url or ""],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -110,7 +114,7 @@ def test_publish_killed_mid_copy_leaves_no_trace(
     try:
         _wait_for(marker, proc)
         # While the publisher is alive, opening the store must not sweep its work.
-        Store(store.root, store.bases)
+        Store(store.root, store.bases, store.config).close()
         assert _entries(store.root / "tmp"), "the live publisher's staging folder was swept"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
@@ -121,7 +125,7 @@ def test_publish_killed_mid_copy_leaves_no_trace(
     assert _entries(store.root / "tmp"), "expected a half-copied staging folder"
     assert store.list() == []
 
-    reopened = Store(store.root, store.bases)
+    reopened = Store(store.root, store.bases, store.config)
     assert _entries(reopened.root / "tmp") == []
     assert _entries(reopened.root / "blobs") == []
     assert reopened.list() == []
@@ -140,7 +144,7 @@ def test_publish_killed_before_commit_leaves_no_trace(
     assert store.list() == []
     assert store.generation() == generation
 
-    reopened = Store(store.root, store.bases)
+    reopened = Store(store.root, store.bases, store.config)
     assert _entries(reopened.root / "blobs") == []
     assert _entries(reopened.root / "tmp") == []
     published = reopened.publish(adapter, "telecom")
@@ -181,7 +185,7 @@ def test_readers_in_other_processes_see_changes_through_generation(
 ) -> None:
     """A second catalog connection (as the gateway's) sees each change's generation, and the
     change itself once it sees the new number."""
-    watcher = Store(store.root, store.bases)
+    watcher = Store(store.root, store.bases, store.config)
     seen = watcher.generation()
     store.publish(adapter, "telecom")
     assert watcher.generation() > seen

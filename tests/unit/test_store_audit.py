@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from adapters_store import (
@@ -12,9 +13,11 @@ from adapters_store import (
     BaseRegistry,
     ChangeRefusedError,
     Store,
+    StoreConfig,
     UnknownReferenceError,
 )
 from adapters_store.catalog import default_actor
+from adapters_store.catalog_sql import SCHEMA_VERSION, schema_statements
 from adapters_store.sqlite_catalog import _SCHEMA
 from tests.unit import test_store
 
@@ -73,13 +76,20 @@ def test_refused_changes_leave_no_entry(store: Store, adapter: Path) -> None:
 
 def test_the_trail_is_append_only(store: Store, adapter: Path) -> None:
     store.publish(adapter, "telecom")
-    conn = sqlite3.connect(store.root / "catalog.sqlite3")
-    try:
-        for sql in ("UPDATE audit SET actor = 'someone-else'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                conn.execute(sql)
-    finally:
-        conn.close()
+    statements = ("UPDATE audit SET actor = 'someone-else'", "DELETE FROM audit")
+    if store.config.catalog_url is None:
+        conn = sqlite3.connect(store.root / "catalog.sqlite3")
+        try:
+            for sql in statements:
+                with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                    conn.execute(sql)
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(store.config.catalog_url, autocommit=True) as pg:
+            for sql in (*statements, "TRUNCATE audit"):
+                with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                    pg.execute(sql)  # type: ignore[arg-type]
     assert [e.actor for e in store.audit()] == [default_actor()]
 
 
@@ -179,3 +189,24 @@ def test_canary_target_is_protected_and_a_move_ends_the_canary(store: Store, ada
     store.set_canary("telecom@3", "prod", 10)
     store.set_alias("telecom@1", "prod")  # an explicit move decides who serves
     assert store.canary("telecom@prod") is None
+
+
+def test_a_version_1_postgres_catalog_is_migrated_in_place(
+    home: Path, adapter: Path, postgres_url: str
+) -> None:
+    """The same migration list brings a PostgreSQL catalog of the first schema up to date."""
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        for statement in schema_statements("postgresql", 0, 1):
+            pg.execute(statement)  # type: ignore[arg-type]
+    config = StoreConfig(catalog_url=postgres_url)
+    store = Store(home / "store", BaseRegistry(home / "models"), config)
+    store.publish(adapter, "telecom")
+    store.set_alias("telecom@1", "prod")
+    assert [e.action for e in store.audit()] == ["publish", "alias"]
+    store.close()
+    with psycopg.connect(postgres_url) as pg:
+        found = pg.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert found == (SCHEMA_VERSION,)
+    again = Store(home / "store", BaseRegistry(home / "models"), config)
+    assert [e.action for e in again.audit()] == ["publish", "alias"]
+    again.close()

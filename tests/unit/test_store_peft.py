@@ -3,18 +3,22 @@ them, refused with the offending field when it cannot."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters_store import BaseModel, BaseRegistry, PublishRefusedError, Store
+from adapters_store import BaseModel, BaseRegistry, PublishRefusedError, Store, StoreConfig
 from adapters_store.testing import LLAMA_LINEAR
 
 
 @pytest.fixture
-def store(home: Path) -> Store:
-    return Store(home / "store", BaseRegistry(home / "models"))
+def store(home: Path, store_config: StoreConfig) -> Iterator[Store]:
+    """A fresh store, its catalog in SQLite and then in PostgreSQL (tests/unit/conftest.py)."""
+    store = Store(home / "store", BaseRegistry(home / "models"), store_config)
+    yield store
+    store.close()
 
 
 def peft_adapter(base: BaseModel, dest: Path, **lora: Any) -> Path:

@@ -3,10 +3,11 @@ and leaves the store exactly as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,11 @@ Mutate = Callable[[Path, BaseModel, BaseModel], dict[str, Any]]
 
 
 @pytest.fixture
-def store(home: Path) -> Store:
-    return Store(home / "store", BaseRegistry(home / "models"))
+def store(home: Path, store_config: StoreConfig) -> Iterator[Store]:
+    """A fresh store, its catalog in SQLite and then in PostgreSQL (tests/unit/conftest.py)."""
+    store = Store(home / "store", BaseRegistry(home / "models"), store_config)
+    yield store
+    store.close()
 
 
 def assert_untouched(store: Store, generation: int) -> None:
@@ -285,11 +289,15 @@ def test_lora_refusals(
     assert_untouched(store, generation)
 
 
-def test_rank_limit_follows_config(home: Path, tmp_path: Path, tiny_model: BaseModel) -> None:
-    store = Store(home / "store", BaseRegistry(home / "models"), StoreConfig(max_lora_rank=4))
+def test_rank_limit_follows_config(
+    home: Path, tmp_path: Path, tiny_model: BaseModel, store_config: StoreConfig
+) -> None:
+    config = dataclasses.replace(store_config, max_lora_rank=4)
+    store = Store(home / "store", BaseRegistry(home / "models"), config)
     with pytest.raises(PublishRefusedError, match=r"rank 8 exceeds store\.max_lora_rank = 4"):
         store.publish(write_lora(tmp_path / "r8", tiny_model, r=8), "telecom")
     assert store.publish(write_lora(tmp_path / "r4", tiny_model, r=4), "telecom").version == 1
+    store.close()
 
 
 ACCEPTED: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
