@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CatalogUnavailableError",
     "ChangeRefusedError",
     "InvalidReferenceError",
     "PublishRefusedError",
@@ -29,3 +30,8 @@ class PublishRefusedError(StoreError, ValueError):
 
 class ChangeRefusedError(StoreError, ValueError):
     """A removal or card change the catalog refuses, e.g. removing an alias's target."""
+
+
+class CatalogUnavailableError(StoreError, RuntimeError):
+    """The configured catalog cannot be opened: its server refuses or does not answer, or
+    its schema is newer than this tunegate; the message names the setting."""

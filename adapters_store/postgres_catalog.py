@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from adapters_store.catalog_sql import SCHEMA_VERSION, CatalogTx, schema_statements
 from adapters_store.config import redact_url
-from adapters_store.errors import StoreError
+from adapters_store.errors import CatalogUnavailableError
 
 __all__ = ["PostgresCatalog"]
 
@@ -77,7 +77,7 @@ class PostgresCatalog:
                 self._migrate(c)
         except psycopg.OperationalError as exc:
             reason = " ".join(str(exc).split())
-            raise StoreError(
+            raise CatalogUnavailableError(
                 f"{setting}: cannot open the PostgreSQL catalog at {redact_url(url)}: {reason}"
             ) from None
         self._pool = self._new_pool()
@@ -102,7 +102,7 @@ class PostgresCatalog:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 current = 1 if row is None else int(row[0])
             if current > SCHEMA_VERSION:
-                raise StoreError(
+                raise CatalogUnavailableError(
                     f"{self._setting}: catalog schema {current} is newer than this tunegate "
                     f"understands ({SCHEMA_VERSION}); upgrade tunegate"
                 )

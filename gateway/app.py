@@ -91,7 +91,13 @@ def create_app(
         ModelEngines(config.engine, engine_factory) if config.engine.serve_model_artifacts else None
     )
     router = ModelRouter(bases, store, poll_s=config.store_poll_s, model_engines=model_engines)
-    sink = open_sink(accounting_path(settings))
+    sink = open_sink(accounting_path(settings), config.accounting.url)
+    if config.accounting.url is not None:
+        log.warning(
+            "gateway.accounting.url: records go to PostgreSQL, but feedback and drift "
+            "monitoring still read the SQLite file %s (not shared between gateways yet)",
+            accounting_path(settings),
+        )
     capturer = Capturer(
         config.capture,
         CaptureStore(captures_path(settings)),

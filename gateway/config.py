@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters_store.config import check_postgres_url
 from adapters_store.hardware import ENGINE_DTYPES
 from gateway.auth.config import AuthConfig
 from gateway.capture.config import CaptureConfig
@@ -137,6 +138,13 @@ class AccountingConfig:
         default=None,
         metadata={"doc": "Records' SQLite file; empty: $TUNEGATE_HOME/accounting.sqlite3."},
     )
+    url: str | None = field(
+        default=None,
+        metadata={
+            "doc": "A postgresql:// URL to keep the records in PostgreSQL instead of `path`, "
+            "so several gateways share one /v1/usage; empty: the SQLite file."
+        },
+    )
     flush_interval_s: float = field(
         default=0.5, metadata={"doc": "Longest time a record waits in memory (<= 1 s)."}
     )
@@ -167,6 +175,10 @@ class AccountingConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.url == "":
+            self.url = None  # an empty env var or file value means the default
+        if self.url is not None:
+            check_postgres_url(self.url, "gateway.accounting.url")
         if not 0 < self.flush_interval_s <= 1.0:
             raise ValueError("gateway.accounting.flush_interval_s must be in (0, 1]")
         if self.batch_size < 1:

@@ -22,6 +22,11 @@ __all__ = [
 ]
 
 
-def open_sink(path: Path) -> UsageSink:
-    """The configured record store (the embedded SQLite file for now)."""
+def open_sink(path: Path, url: str | None = None) -> UsageSink:
+    """The configured record store: PostgreSQL at `url` (`gateway.accounting.url`, shared
+    by several gateways) if set, else the embedded SQLite file at `path`."""
+    if url is not None:
+        from gateway.accounting.postgres import PostgresSink
+
+        return PostgresSink(url)
     return SQLiteSink(path)

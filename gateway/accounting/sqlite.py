@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import astuple, fields
 from pathlib import Path
+from typing import Any
 
 from gateway.accounting.records import GroupBy, UsageRecord, UsageTotals
 
-__all__ = ["SQLiteSink", "percentile"]
+__all__ = ["SQLiteSink", "build_totals", "percentile", "totals_queries"]
 
 _COLUMNS = [f.name for f in fields(UsageRecord)]
 _SCHEMA = """
@@ -58,6 +59,75 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def totals_queries(
+    group_by: GroupBy, since: float | None, until: float | None, key_id: str | None
+) -> tuple[str, str, list[float | str]]:
+    """The two queries behind `UsageSink.totals` (`?` placeholders, SQL that SQLite and
+    PostgreSQL both run) and their arguments: per-group sums, then the latencies of the
+    successful requests, e2e-ordered per group."""
+    column = _GROUP_COLUMN[group_by]
+    clauses: list[str] = []
+    args: list[float | str] = []
+    if since is not None:
+        clauses.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        clauses.append("created_at < ?")
+        args.append(until)
+    if key_id is not None:
+        clauses.append("key_id = ?")
+        args.append(key_id)
+    where = " AND ".join(clauses) or "TRUE"
+    sums = (
+        f"SELECT {column}, COUNT(*), SUM(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END), "
+        "SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(cost_usd) "
+        f"FROM requests WHERE {where} GROUP BY {column}"
+    )
+    # Percentiles over successful requests only: a 404 answered in 1 ms is not a latency
+    # anyone waited for.
+    latencies = (
+        f"SELECT {column}, e2e_ms, ttft_ms FROM requests WHERE {where} AND status = 'ok' "
+        f"ORDER BY {column}, e2e_ms"
+    )
+    return sums, latencies, args
+
+
+def build_totals(
+    sums: Iterable[Sequence[Any]], latencies: Iterable[Sequence[Any]]
+) -> list[UsageTotals]:
+    """`UsageTotals` per group from the rows of `totals_queries`, ordered by group (None
+    first, then by code point, whatever the database's collation)."""
+    sums = list(sums)
+    found: dict[str | None, tuple[list[float], list[float]]] = {row[0]: ([], []) for row in sums}
+    for group, e2e, ttft in latencies:
+        e2e_list, ttft_list = found[group]
+        e2e_list.append(e2e)
+        if ttft is not None:
+            ttft_list.append(ttft)
+    out = []
+    for group, n, errors, prompt, completion, cached, cost in sums:
+        e2e_list, ttft_list = found[group]
+        e2e_list.sort()
+        ttft_list.sort()
+        out.append(
+            UsageTotals(
+                group=group,
+                requests=int(n),
+                errors=int(errors or 0),
+                prompt_tokens=int(prompt or 0),
+                completion_tokens=int(completion or 0),
+                cached_tokens=int(cached or 0),
+                latency_ms_p50=percentile(e2e_list, 0.5),
+                latency_ms_p95=percentile(e2e_list, 0.95),
+                ttft_ms_p50=percentile(ttft_list, 0.5),
+                ttft_ms_p95=percentile(ttft_list, 0.95),
+                cost_usd=float(cost or 0.0),
+            )
+        )
+    out.sort(key=lambda t: (t.group is not None, t.group or ""))
+    return out
+
+
 class SQLiteSink:
     """Records in `requests`; a record whose id is already stored is left as it is."""
 
@@ -100,71 +170,15 @@ class SQLiteSink:
         until: float | None = None,
         key_id: str | None = None,
     ) -> list[UsageTotals]:
-        column = _GROUP_COLUMN[group_by]
-        where, args = self._window(since, until, key_id)
+        sums_sql, latencies_sql, args = totals_queries(group_by, since, until, key_id)
         # A connection per query: readers never wait for the writer in WAL mode.
         conn = self._connect()
         try:
-            sums = conn.execute(
-                f"SELECT {column}, COUNT(*), SUM(status != 'ok'), SUM(prompt_tokens), "
-                f"SUM(completion_tokens), SUM(cached_tokens), SUM(cost_usd) "
-                f"FROM requests {where} GROUP BY {column} ORDER BY {column}",
-                args,
-            ).fetchall()
-            latencies: dict[str | None, tuple[list[float], list[float]]] = {
-                row[0]: ([], []) for row in sums
-            }
-            # Percentiles over successful requests only: a 404 answered in 1 ms is not
-            # a latency anyone waited for.
-            ok = "status = 'ok'" if not where else f"{where[len('WHERE ') :]} AND status = 'ok'"
-            for group, e2e, ttft in conn.execute(
-                f"SELECT {column}, e2e_ms, ttft_ms FROM requests WHERE {ok} "
-                f"ORDER BY {column}, e2e_ms",
-                args,
-            ):
-                e2e_list, ttft_list = latencies[group]
-                e2e_list.append(e2e)
-                if ttft is not None:
-                    ttft_list.append(ttft)
+            return build_totals(
+                conn.execute(sums_sql, args).fetchall(), conn.execute(latencies_sql, args)
+            )
         finally:
             conn.close()
-        out = []
-        for group, n, errors, prompt, completion, cached, cost in sums:
-            e2e_list, ttft_list = latencies[group]
-            ttft_list.sort()
-            out.append(
-                UsageTotals(
-                    group=group,
-                    requests=n,
-                    errors=errors or 0,
-                    prompt_tokens=prompt or 0,
-                    completion_tokens=completion or 0,
-                    cached_tokens=cached or 0,
-                    latency_ms_p50=percentile(e2e_list, 0.5),
-                    latency_ms_p95=percentile(e2e_list, 0.95),
-                    ttft_ms_p50=percentile(ttft_list, 0.5),
-                    ttft_ms_p95=percentile(ttft_list, 0.95),
-                    cost_usd=cost or 0.0,
-                )
-            )
-        return out
-
-    @staticmethod
-    def _window(
-        since: float | None, until: float | None, key_id: str | None = None
-    ) -> tuple[str, list[float | str]]:
-        clauses: list[str] = []
-        args: list[float | str] = []
-        if since is not None:
-            clauses.append("created_at >= ?")
-            args.append(since)
-        if until is not None:
-            clauses.append("created_at < ?")
-            args.append(until)
-        if key_id is not None:
-            clauses.append("key_id = ?")
-            args.append(key_id)
-        return ("WHERE " + " AND ".join(clauses) if clauses else "", args)
 
     def close(self) -> None:
         with self._write_lock:

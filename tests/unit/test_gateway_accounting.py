@@ -9,10 +9,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from litestar.testing import TestClient
+from psycopg.rows import dict_row
 
-from gateway.accounting import BatchWriter, PriceBook, SQLiteSink, UsageRecord
+from gateway.accounting import BatchWriter, PriceBook, SQLiteSink, UsageRecord, open_sink
 from gateway.accounting.sqlite import percentile
 from gateway.config import AccountingConfig, Price
 from gateway.testing import FakeEngine, fake_app
@@ -52,8 +54,9 @@ def test_percentile(values: list[float], q: float, expected: float | None) -> No
     assert percentile(values, q) == expected
 
 
-def test_sink_aggregates_by_group_and_window(tmp_path: Path) -> None:
-    sink = SQLiteSink(tmp_path / "acc.sqlite3")
+def test_sink_aggregates_by_group_and_window(tmp_path: Path, accounting_url: str | None) -> None:
+    """The same answers from the SQLite file and from PostgreSQL (tests/unit/conftest.py)."""
+    sink = open_sink(tmp_path / "acc.sqlite3", accounting_url)
     sink.write([_record(i) for i in range(1, 5)])
     sink.write([_record(5, artifact="b@2", key_id="k1", status="rejected", http_status=404)])
     sink.write([_record(1)])  # a record already stored is not counted twice
@@ -68,8 +71,15 @@ def test_sink_aggregates_by_group_and_window(tmp_path: Path) -> None:
     assert {t.group for t in sink.totals("key")} == {None, "k1"}
     assert [t.requests for t in sink.totals("artifact", since=1003.0)] == [2, 1]
     assert [t.requests for t in sink.totals("artifact", since=1002.0, until=1004.0)] == [2]
-    mode = sqlite3.connect(tmp_path / "acc.sqlite3").execute("PRAGMA journal_mode").fetchone()
-    assert mode == ("wal",)
+    assert [t.requests for t in sink.totals("artifact", key_id="k1")] == [1]
+    # Groups in one order on both: None first, then by code point.
+    sink.write([_record(6, artifact="B@1"), _record(7, artifact=None, status="error")])
+    assert [t.group for t in sink.totals("artifact")] == [None, "B@1", "a@1", "b@2"]
+    if accounting_url is None:
+        mode = sqlite3.connect(tmp_path / "acc.sqlite3").execute("PRAGMA journal_mode").fetchone()
+        assert mode == ("wal",)
+    else:
+        assert not (tmp_path / "acc.sqlite3").exists()
     sink.close()
 
 
@@ -188,17 +198,24 @@ def test_gateway_settings_layer_from_file_and_env(
 
 
 @pytest.fixture
-def gateway(home: Path) -> Iterator[tuple[TestClient[Any], FakeEngine, Path]]:
+def gateway(
+    home: Path, accounting_url: str | None
+) -> Iterator[tuple[TestClient[Any], FakeEngine, Path | str]]:
     settings = load_settings()
     settings.default_base = BASE
     settings.gateway.engine.max_model_len = 64
     settings.gateway.accounting.prices = {BASE: {"input": 1.0, "output": 10.0}}
+    settings.gateway.accounting.url = accounting_url
     app, engines = fake_app(settings)
     with TestClient(app) as client:
-        yield client, engines[BASE], home / "accounting.sqlite3"
+        yield client, engines[BASE], accounting_url or home / "accounting.sqlite3"
 
 
-def _rows(db: Path) -> dict[str, dict[str, Any]]:
+def _rows(db: Path | str) -> dict[str, dict[str, Any]]:
+    """Every stored record by id, from the SQLite file or the PostgreSQL URL."""
+    if isinstance(db, str):
+        with psycopg.connect(db, row_factory=dict_row) as pg:
+            return {r["request_id"]: r for r in pg.execute("SELECT * FROM requests")}
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
@@ -208,7 +225,7 @@ def _rows(db: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_one_record_per_request_with_the_response_usage(
-    gateway: tuple[TestClient[Any], FakeEngine, Path],
+    gateway: tuple[TestClient[Any], FakeEngine, Path | str],
 ) -> None:
     client, _, db = gateway
     user = [{"role": "user", "content": "count the tokens"}]
@@ -262,7 +279,7 @@ def test_one_record_per_request_with_the_response_usage(
     [({"group_by": "colour"}, "group_by"), ({"since": "yesterday"}, "since")],
 )
 def test_usage_query_errors(
-    gateway: tuple[TestClient[Any], FakeEngine, Path], params: dict[str, str], param: str
+    gateway: tuple[TestClient[Any], FakeEngine, Path | str], params: dict[str, str], param: str
 ) -> None:
     client, _, _ = gateway
     response = client.get("/v1/usage", params=params)
@@ -271,7 +288,7 @@ def test_usage_query_errors(
 
 
 def test_usage_since_accepts_iso_and_unix(
-    gateway: tuple[TestClient[Any], FakeEngine, Path],
+    gateway: tuple[TestClient[Any], FakeEngine, Path | str],
 ) -> None:
     client, _, _ = gateway
     user = [{"role": "user", "content": "x"}]
@@ -280,10 +297,11 @@ def test_usage_since_accepts_iso_and_unix(
     assert client.get("/v1/usage", params={"since": "4102444800"}).json()["data"] == []
 
 
-def test_records_are_flushed_on_shutdown(home: Path) -> None:
+def test_records_are_flushed_on_shutdown(home: Path, accounting_url: str | None) -> None:
     settings = load_settings()
     settings.default_base = BASE
     settings.gateway.accounting.flush_interval_s = 1.0
+    settings.gateway.accounting.url = accounting_url
     app, _ = fake_app(settings)
     with TestClient(app) as client:
         user = [{"role": "user", "content": "x"}]
@@ -293,11 +311,11 @@ def test_records_are_flushed_on_shutdown(home: Path) -> None:
             ).headers["x-request-id"]
             for _ in range(5)
         ]
-    assert sorted(_rows(home / "accounting.sqlite3")) == sorted(ids)
+    assert sorted(_rows(accounting_url or home / "accounting.sqlite3")) == sorted(ids)
 
 
 def test_per_artifact_series_at_metrics(
-    gateway: tuple[TestClient[Any], FakeEngine, Path],
+    gateway: tuple[TestClient[Any], FakeEngine, Path | str],
 ) -> None:
     client, _, _ = gateway
     user = [{"role": "user", "content": "x"}]
