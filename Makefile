@@ -41,10 +41,21 @@ $(STAMP): pyproject.toml Makefile
 # process of their own; the exit status is the worse of the two runs.
 ALONE_TESTS := tests/integration/test_gateway_accounting.py tests/integration/test_gateway_engine_death.py
 
+# The store and accounting tests also run on PostgreSQL: a throwaway server (Debian's
+# packages, installed if missing) is started first and stopped by the EXIT trap even when
+# tests fail; a server that cannot start fails the target instead of skipping those cases.
+# An exported TUNEGATE_TEST_POSTGRES_URL (your own server) is used as it is.
 test: setup
 	$(BIN)/ruff check .
 	@# `|| x=$$?`: under .SHELLFLAGS' -e a bare failing command would end the recipe before
 	@# the second run (CI, 2026-11-26: one failure in the first run and the rest never ran).
+	@# `url=$$(...)` alone on its statement: `export X=$$(...)` would hide a failed start.
+	if [ -z "$${TUNEGATE_TEST_POSTGRES_URL:-}" ]; then \
+		pgdir=$$(mktemp -d /tmp/tunegate-pg.XXXXXX); \
+		trap 'scripts/test-postgres.sh stop "$$pgdir"' EXIT; \
+		url=$$(scripts/test-postgres.sh start "$$pgdir"); \
+		export TUNEGATE_TEST_POSTGRES_URL=$$url; \
+	fi; \
 	first=0; $(BIN)/python -m pytest $(PYTEST_ARGS) $(ALONE_TESTS) || first=$$?; \
 	rest=0; $(BIN)/python -m pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(ALONE_TESTS)) || rest=$$?; \
 	exit $$(( first > rest ? first : rest ))
