@@ -34,13 +34,23 @@ class StoreConfig:
         metadata={
             "doc": "A postgresql:// URL to keep the catalog in PostgreSQL, shared by several "
             "gateways (each must then see the same store folder, which holds the blobs); "
-            "empty: the embedded store/catalog.sqlite3."
+            "empty: the embedded catalog.sqlite3 in the store folder."
+        },
+    )
+    path: Path | None = field(
+        default=None,
+        metadata={
+            "doc": "The store folder (blobs/, tmp/, and catalog.sqlite3 without catalog_url); "
+            "gateways sharing a catalog_url must all use one folder, e.g. on a shared "
+            "filesystem; empty: $TUNEGATE_HOME/store."
         },
     )
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_lora_rank <= 512:
             raise ValueError(f"store.max_lora_rank must be in 1..512, got {self.max_lora_rank}")
+        if self.path is not None:
+            self.path = Path(self.path).expanduser()
         if self.catalog_url == "":
             self.catalog_url = None  # an empty env var or file value means the default
         if self.catalog_url is not None:

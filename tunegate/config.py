@@ -60,7 +60,7 @@ class Settings:
 
     @property
     def store_dir(self) -> Path:
-        return self.home / "store"
+        return self.store.path or self.home / "store"
 
     @property
     def runs_dir(self) -> Path:

@@ -48,7 +48,9 @@ class TuneOutcome:
 def _store(home: Path, config: Any | None = None) -> Any:
     from adapters_store.catalog import Store
 
-    return Store(home / "store", BaseRegistry(home / "models"), config)
+    # `store.path` (a folder shared by several gateways) wins over the home's store/.
+    root = getattr(config, "path", None) or home / "store"
+    return Store(root, BaseRegistry(home / "models"), config)
 
 
 def make_backend(name: str, config: TunerConfig) -> tuple[Backend, TransformersBackend, str]:
