@@ -94,8 +94,8 @@ def create_app(
     sink = open_sink(accounting_path(settings), config.accounting.url)
     if config.accounting.url is not None:
         log.warning(
-            "gateway.accounting.url: records go to PostgreSQL, but feedback and drift "
-            "monitoring still read the SQLite file %s (not shared between gateways yet)",
+            "gateway.accounting.url: records go to PostgreSQL; feedback still reads the "
+            "SQLite file %s and drift monitoring is off (neither is ported to PostgreSQL yet)",
             accounting_path(settings),
         )
     capturer = Capturer(
@@ -136,7 +136,8 @@ def create_app(
                     log.exception("the store could not be read; adapters are unavailable")
                 router.start_watching()
             watchdog.start()
-            drift.start()
+            if config.accounting.url is None:  # it reads the SQLite records only (see above)
+                drift.start()
             # Expired captures go at start-up, then every capture.purge_interval_s.
             purges = asyncio.create_task(capturer.purge_forever())
             log.info("gateway ready: serving %s", ", ".join(bases))

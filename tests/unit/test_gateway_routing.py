@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from adapters_store import BaseModel, BaseRegistry, Store
+from adapters_store import BaseModel, BaseRegistry, Store, StoreConfig
 from adapters_store.bases import MANIFEST
 from adapters_store.testing import write_lora
 from gateway.config import EngineConfig
@@ -26,8 +26,12 @@ BASE = "tiny-random-llama"
 
 
 @pytest.fixture
-def store(home: Path) -> Store:
-    return Store(home / "store", BaseRegistry(home / "models"))
+def store(home: Path, store_config: StoreConfig) -> Iterator[Store]:
+    """The catalog in SQLite, then in PostgreSQL (tests/unit/conftest.py): hot swap and
+    canaries must behave alike on both."""
+    store = Store(home / "store", BaseRegistry(home / "models"), store_config)
+    yield store
+    store.close()
 
 
 def _publish(
