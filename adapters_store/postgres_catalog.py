@@ -88,6 +88,9 @@ class PostgresCatalog:
             min_size=1,
             max_size=_POOL_MAX,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+            # One empty round trip per checkout: after a database restart or failover a
+            # dead pooled connection is replaced instead of failing the caller once.
+            check=ConnectionPool.check_connection,
             open=True,
             name="tunegate-catalog",
         )
@@ -130,8 +133,11 @@ class PostgresCatalog:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 yield CatalogTx(_Qmark(conn))
-            finally:
-                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(psycopg.OperationalError):  # as in write()
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def write(self) -> Iterator[CatalogTx]:

@@ -53,6 +53,8 @@ class PostgresSink:
             min_size=1,
             max_size=4,
             kwargs={"connect_timeout": _CONNECT_TIMEOUT_S},
+            # After a database restart a dead pooled connection is replaced, not failed on.
+            check=ConnectionPool.check_connection,
             open=True,
             name="tunegate-accounting",
         )

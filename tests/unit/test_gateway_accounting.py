@@ -83,6 +83,19 @@ def test_sink_aggregates_by_group_and_window(tmp_path: Path, accounting_url: str
     sink.close()
 
 
+def test_postgres_sink_survives_its_connections_being_cut(postgres_url: str) -> None:
+    sink = open_sink(Path("/nonexistent/acc.sqlite3"), postgres_url)
+    sink.write([_record(1)])
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    sink.write([_record(2)])
+    assert [t.requests for t in sink.totals("artifact")] == [2]
+    sink.close()
+
+
 class _FlakySink(SQLiteSink):
     def __init__(self, path: Path, failures: int) -> None:
         super().__init__(path)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from adapters_store import BaseModel, BaseRegistry, Store, StoreConfig
@@ -199,3 +200,26 @@ def test_readers_in_other_processes_see_changes_through_generation(
     assert watcher.generation() > seen
     assert watcher.list() == []
     assert not (store.root / "blobs" / "telecom" / "1").exists()
+
+
+def test_postgres_catalog_survives_its_connections_being_cut(
+    home: Path, tmp_path: Path, tiny_model: BaseModel, postgres_url: str
+) -> None:
+    """A database restart or failover cuts every pooled connection: the next calls get
+    fresh ones instead of failing (the gateway polls `generation()` all the time)."""
+    store = Store(
+        home / "store", BaseRegistry(home / "models"), StoreConfig(catalog_url=postgres_url)
+    )
+    adapter = write_lora(tmp_path / "adapter", tiny_model, r=4)
+    store.publish(adapter, "telecom")
+    seen = store.generation()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert cut is not None and cut[0] >= 1
+    assert store.generation() == seen
+    assert store.publish(adapter, "telecom").version == 2
+    assert [v.ref for v in store.list()] == ["telecom@1", "telecom@2"]
+    store.close()
