@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,3 +224,30 @@ def test_postgres_catalog_survives_its_connections_being_cut(
     assert store.publish(adapter, "telecom").version == 2
     assert [v.ref for v in store.list()] == ["telecom@1", "telecom@2"]
     store.close()
+
+
+def test_postgres_catalogs_opened_at_once_create_the_schema_once(postgres_url: str) -> None:
+    """Gateways starting together on an empty database: one creates the tables, the others
+    wait for it and find them (without the lock, CREATE TABLE IF NOT EXISTS races fail)."""
+    from adapters_store.postgres_catalog import PostgresCatalog
+
+    start = threading.Barrier(4)
+    opened: list[PostgresCatalog] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(PostgresCatalog(postgres_url))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [c.generation() for c in opened] == [0] * 4
+    for c in opened:
+        c.close()
