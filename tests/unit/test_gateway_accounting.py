@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 from psycopg.rows import dict_row
 
 from gateway.accounting import BatchWriter, PriceBook, SQLiteSink, UsageRecord, open_sink
+from gateway.accounting.postgres import PostgresSink
 from gateway.accounting.sqlite import percentile
 from gateway.config import AccountingConfig, Price
 from gateway.testing import FakeEngine, fake_app
@@ -94,6 +95,30 @@ def test_postgres_sink_survives_its_connections_being_cut(postgres_url: str) -> 
     sink.write([_record(2)])
     assert [t.requests for t in sink.totals("artifact")] == [2]
     sink.close()
+
+
+def test_postgres_sinks_opened_at_once_create_the_table_once(postgres_url: str) -> None:
+    """Gateways starting together on an empty database (the table is made under a lock)."""
+    start = threading.Barrier(4)
+    results: list[object] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            results.append(open_sink(Path("/nonexistent/acc.sqlite3"), postgres_url))
+        except Exception as exc:  # reported below, in the test's thread
+            results.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sinks = [r for r in results if not isinstance(r, Exception)]
+    assert len(sinks) == 4, results
+    for sink in sinks:
+        assert isinstance(sink, PostgresSink)
+        sink.close()
 
 
 class _FlakySink(SQLiteSink):
