@@ -74,4 +74,5 @@ def check_postgres_url(url: str, setting: str) -> None:
 
 def redact_url(url: str) -> str:
     """The URL without its password, fit for an error message or a log line."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)

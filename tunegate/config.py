@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from adapters_store.config import StoreConfig, default_home
+from adapters_store.config import StoreConfig, default_home, redact_url
 from finetune.config import FinetuneConfig
 from gateway.config import GatewayConfig
 from tuner.config import TunerConfig
@@ -107,9 +107,12 @@ def load_settings(
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
-    """Plain values keyed by dotted name (paths as strings), for printing."""
+    """Plain values keyed by dotted name (paths as strings, database URLs without their
+    password), for printing."""
     out: dict[str, Any] = {}
     for name, value in _walk(settings):
+        if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            value = redact_url(value)
         out[name] = str(value) if isinstance(value, Path) else value
     return out
 

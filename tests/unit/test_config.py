@@ -87,3 +87,17 @@ def test_describe_lists_every_setting_with_doc(tmp_path: Path) -> None:
     assert names == list(as_dict(s))
     assert "home" in names and "store.max_lora_rank" in names
     assert all(doc for _, _, _, doc in rows), "every setting documents itself"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://user:s3cret@db:5432/tunegate", "postgresql://user@db/tunegate?password=s3cret"],
+)
+def test_database_urls_are_checked_and_printed_without_password(url: str) -> None:
+    env = {"TUNEGATE_STORE_CATALOG_URL": url, "TUNEGATE_GATEWAY_ACCOUNTING_URL": url}
+    shown = as_dict(load_settings(env=env))
+    assert "s3cret" not in shown["store.catalog_url"] + shown["gateway.accounting.url"]
+    assert shown["store.catalog_url"].startswith("postgresql://user")
+    bad = {"TUNEGATE_GATEWAY_ACCOUNTING_URL": "sqlite:///x.db"}
+    with pytest.raises(ConfigError, match=r"gateway\.accounting\.url must be a postgresql://"):
+        load_settings(env=bad)
