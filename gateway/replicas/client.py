@@ -32,8 +32,11 @@ _TIMEOUT = httpx.Timeout(300.0, connect=2.0)
 class ReplicaDownError(RuntimeError):
     """The replica did not answer: connection refused, timed out, or cut mid-answer.
 
-    `sent` is False when the request surely never reached it (connection refused), so it
-    can be retried on another replica without running twice.
+    `sent` is True when the replica may still be working on the request (a read timeout):
+    running it elsewhere too could run it twice at once. It is False when the replica surely
+    never saw it (connection refused) or dropped the connection before answering: then it
+    died with the request, whose result is lost with it, the client has seen nothing, and a
+    generation has no effect but compute, so the request can run on another replica.
     """
 
     def __init__(self, replica: str, message: str, *, sent: bool) -> None:
@@ -139,6 +142,9 @@ class ReplicaClient:
             raise self._down(exc) from exc
 
     def _down(self, exc: httpx.HTTPError) -> ReplicaDownError:
-        # Only a refused or timed-out connect proves the replica never saw the request.
-        sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        # A replica killed while requests reach it still completes TCP handshakes from its
+        # listen backlog and then resets them: a dropped connection (no answer at all) is
+        # as safe to run elsewhere as a refused one.
+        dropped = httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError
+        sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | dropped)
         return ReplicaDownError(self.url, f"{type(exc).__name__}: {exc}", sent=sent)

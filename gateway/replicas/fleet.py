@@ -6,9 +6,11 @@ picks, after the replica loads the adapter if it does not hold it and unloads th
 the router's slot bookkeeping names. Concurrent first requests for one adapter on one replica
 share a single load.
 
-Failures: a replica that refuses the connection is marked down at once and the request moves
-to the next replica (it never ran); one that fails after the request was sent is marked down
-and that request fails (it may have run). A background loop polls every replica's `/health`
+Failures: a replica that refuses the connection, or drops it before answering, is marked down
+at once and the request moves to the next replica (it never ran there, or its run died with
+the replica before the client saw anything); one that times out after the request was sent is
+marked down and that request fails (it may still be running). A stream cut after it was
+relayed to the client fails that request. A background loop polls every replica's `/health`
 each `health_interval_s` seconds, so a dead replica stops receiving requests within about
 that long even when no request found it first, and a recovered one comes back (with empty
 slots: it may have restarted). A replica that answers 404 for an adapter it was thought to
@@ -129,6 +131,8 @@ class ReplicaFleet:
                 log.exception("replica health check failed")
 
     def _mark_down(self, url: str, why: str) -> None:
+        if not self.router.replicas[url].healthy:
+            return  # out already: the other requests it failed are the same event
         log.warning("replica %s marked down: %s", url, why)
         self.router.set_healthy(url, False)
         self.replica_stats[url].marked_down += 1

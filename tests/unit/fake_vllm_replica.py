@@ -59,6 +59,8 @@ class FakeReplica:
         self.loaded: dict[str, str] = {}
         self.healthy = True
         self.refusing = False  # connection refused: the process is gone
+        # Raised for every request: the connection is dropped (or times out) before any answer.
+        self.failing: type[httpx.TransportError] | None = None
         self.cut_after: int | None = None  # completion chunks sent before the connection dies
         self.load_delay_s = 0.0
         self.calls: list[tuple[str, str]] = []  # (path, model or lora_name)
@@ -77,6 +79,8 @@ class FakeReplica:
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.refusing:
             raise httpx.ConnectError("connection refused", request=request)
+        if self.failing is not None:
+            raise self.failing("no answer", request=request)
         path = request.url.path
         if path == "/health":
             self.calls.append((path, ""))

@@ -227,6 +227,55 @@ async def test_stream_moves_off_a_refusing_replica() -> None:
     await fleet.aclose()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("error", [httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError])
+async def test_a_request_the_replica_dropped_unanswered_runs_on_the_next(
+    error: type[httpx.TransportError], stream: bool
+) -> None:
+    # What a replica SIGKILLed while requests reach it does: its kernel completes the
+    # handshake, then resets the connection.
+    fleet, fakes = _fleet()
+    adapter = _adapter(5)
+    home, second = fleet.router.walk(adapter.name)[:2]
+    await _chat(fleet, adapter)  # loaded there: the next one is dropped, not its load
+    fakes[home].failing = error
+    body = {"model": adapter.name, "messages": [], "stream": stream}
+    if stream:
+        async with fleet.stream("/v1/chat/completions", body, adapter) as response:
+            await response.aread()
+    else:
+        response = await fleet.post("/v1/chat/completions", body, adapter)
+    assert response.status_code == 200 and fakes[second].served() == [adapter.name]
+    assert not fleet.router.replicas[home].healthy
+    await fleet.aclose()
+
+
+async def test_a_replica_is_counted_down_once_per_death() -> None:
+    # Every request it held fails at about the same time; each reports it down.
+    fleet, _ = _fleet()
+    url = next(iter(fleet.clients))
+    for _ in range(3):
+        fleet._mark_down(url, "connection dropped")
+    assert fleet.snapshot()["replicas"][url]["marked_down"] == 1
+    fleet.router.set_healthy(url, True)  # back, then down again: a second event
+    fleet._mark_down(url, "connection dropped")
+    assert fleet.snapshot()["replicas"][url]["marked_down"] == 2
+    await fleet.aclose()
+
+
+async def test_a_request_that_timed_out_on_its_replica_fails_and_is_not_run_twice() -> None:
+    fleet, fakes = _fleet()
+    adapter = _adapter(6)
+    home, second = fleet.router.walk(adapter.name)[:2]
+    await _chat(fleet, adapter)  # loaded there: the next one times out on the request itself
+    fakes[home].failing = httpx.ReadTimeout  # the replica may still be running it
+    with pytest.raises(ReplicaDownError) as info:
+        await _chat(fleet, adapter)
+    assert info.value.sent and fakes[second].served() == []
+    assert not fleet.router.replicas[home].healthy
+    await fleet.aclose()
+
+
 async def test_all_replicas_down_is_a_clear_error() -> None:
     fleet, fakes = _fleet(2)
     for fake in fakes.values():
