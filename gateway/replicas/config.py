@@ -10,7 +10,11 @@ an in-process engine. Start each replica the same way:
 with BASE_ID the gateway's base model id and N, M, R equal to `gateway.engine.max_loras`,
 `max_cpu_loras` and `max_lora_rank` (the router's slot bookkeeping assumes them). Replicas
 load adapters from the store's blob folders by path, so those must be visible to every
-replica under the same path (one machine, or a shared filesystem).
+replica under the same path (one machine, or a shared filesystem). Several CPU replicas on one
+host each need their own cores (`VLLM_CPU_OMP_THREADS_BIND=0`, `=1`, ...): vLLM's "auto"
+binds the engine threads of every replica to the same core, so they share one. A replica
+with fewer `--max-loras` slots than the adapters in use defers the requests of the adapters
+that find no slot, so a mixed workload runs one adapter after another.
 """
 
 from __future__ import annotations

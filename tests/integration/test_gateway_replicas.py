@@ -77,9 +77,12 @@ class Replica:
         return "\n".join(kept[-lines:])
 
     def kill(self) -> None:
-        """SIGKILL the whole group: API server, engine core and worker processes."""
+        """SIGKILL the whole group (API server, engine core, worker); returns at once."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        self.kill()
         self.process.wait(timeout=60)
 
     def loaded_adapters(self) -> set[str]:
@@ -214,7 +217,7 @@ def fleet(
         replicas = []
         for core, port in enumerate(ports):
             replica = launch_replica(default_model, port, work / f"replica-{port}.log", core)
-            stack.callback(replica.kill)  # on any failure below too
+            stack.callback(replica.stop)  # on any failure below too
             replicas.append(replica)
         # The adapters are made while the replicas start (vLLM's start-up is mostly imports).
         by_home = adapter_names_by_home([r.url for r in replicas])
@@ -469,8 +472,8 @@ async def _kill_under_load(fleet: Fleet, victim: Replica, survivor: Replica) -> 
         else:
             raise AssertionError(fleet.diagnosis("the long requests never stayed in flight"))
         victim.kill()
-        # Right after the kill, before the health loop can notice: refused connections must
-        # move these to the survivor, never fail them.
+        # Right after the kill, mostly before the health loop (1 s) has noticed: a refused
+        # connection must move a request to the survivor, never fail it.
         second = [asyncio.create_task(ask(client, a)) for a in fleet.adapters]
         first_outcomes = await asyncio.gather(*first)
         second_outcomes = await asyncio.gather(*second)
