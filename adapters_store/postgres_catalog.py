@@ -43,8 +43,9 @@ _POOL_MAX = 4
 class _Qmark:
     """A psycopg connection that takes the shared statements' `?` placeholders.
 
-    The statements hold no `?` or `%` other than placeholders (`_check` refuses them), so
-    the translation is exact; values still travel separately from the SQL text."""
+    The statements (all in `catalog_sql.py`) hold no `?` but placeholders and no `%` at all
+    (`_check` refuses one, which psycopg would read as a placeholder), so the translation is
+    exact; values still travel separately from the SQL text."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
