@@ -8,6 +8,7 @@ its store while it runs. At the end it gets SIGTERM and must drain, flush and ex
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class EndedBeforeSeen(Exception):
+    """The requests a test wanted inside the engine were answered in full between two polls
+    (a fast machine, or a slow poll): the test may try again; never a failure by itself."""
+
+
 @dataclass
 class RunningGateway:
     url: str  # http://127.0.0.1:PORT
@@ -113,6 +119,58 @@ class RunningGateway:
 
     def running(self) -> int:
         return int(self.health()["engines"][TINY]["running"])
+
+    async def until_in_engine(
+        self,
+        tasks: Sequence[asyncio.Task[Any]],
+        at_least: int,
+        timeout_s: float = 120.0,
+    ) -> None:
+        """Until the engine holds `at_least` requests of `tasks` (started by the caller).
+
+        Polled with an async client on the caller's loop: a blocking call would starve the
+        tasks that are to send the requests. A task that failed (an exception, or a
+        response other than 200) fails at once with what it got and the gateway's log; if
+        so many tasks ended well that `at_least` can no longer be in the engine together,
+        `EndedBeforeSeen` lets the caller try again; a timeout says what /health showed."""
+        started = time.monotonic()
+        polls: list[tuple[float, int, float]] = []  # (at, running, /health took)
+        async with httpx.AsyncClient(timeout=30) as client:
+            while True:
+                asked = time.monotonic()
+                running = int(
+                    (await client.get(self.url + "/health")).json()["engines"][TINY]["running"]
+                )
+                polls.append(
+                    (round(asked - started, 2), running, round(time.monotonic() - asked, 3))
+                )
+                if running >= at_least:
+                    return
+                ended = [t for t in tasks if t.done()]
+                for task in ended:
+                    outcome = task.exception() or task.result()
+                    if isinstance(outcome, BaseException) or (
+                        isinstance(outcome, httpx.Response) and outcome.status_code != 200
+                    ):
+                        text = outcome.text[:500] if isinstance(outcome, httpx.Response) else ""
+                        raise AssertionError(
+                            f"a request failed before {at_least} were in the engine: "
+                            f"{outcome!r} {text}\npolls (s, running, /health s): {polls[-20:]}"
+                            f"\n{self.log_tail()}"
+                        )
+                if len(tasks) - len(ended) < at_least:
+                    raise EndedBeforeSeen(
+                        f"{len(ended)} of {len(tasks)} requests ended after "
+                        f"{time.monotonic() - started:.2f} s before {at_least} were seen "
+                        f"together in the engine; polls: {polls[-5:]}"
+                    )
+                if time.monotonic() - started > timeout_s:
+                    raise AssertionError(
+                        f"{at_least} requests were not in the engine after {timeout_s:.0f} s "
+                        f"({len(ended)} of {len(tasks)} ended); polls (s, running, /health s): "
+                        f"{polls[-20:]}\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(0.01)
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

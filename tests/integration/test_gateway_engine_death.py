@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from adapters_store.bases import BaseModel
-from tests.integration.conftest import TINY, launch_gateway, link_models
+from tests.integration.conftest import TINY, EndedBeforeSeen, launch_gateway, link_models
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -62,34 +62,16 @@ def test_engine_death_fails_requests_cleanly_and_exits_non_zero(
         async def _in_the_engine(
             client: httpx.AsyncClient, body: dict[str, object]
         ) -> asyncio.Task[httpx.Response]:
-            """A request that the engine holds now; a try whose request ended (or failed)
-            before it was seen inside is told apart from one that never got there."""
+            """A request that the engine holds now (one answered in full between two polls
+            is tried again)."""
             tries: list[str] = []
             for _ in range(3):
-                started = time.monotonic()
                 in_flight = asyncio.create_task(client.post("/chat/completions", json=body))
-                while time.monotonic() - started < 60:
-                    # Polled on this loop (a blocking call would starve the request's task).
-                    health = (await client.get(gw.url + "/health", timeout=10)).json()
-                    if health["engines"][TINY]["running"] >= 1:
-                        return in_flight
-                    if in_flight.done():
-                        break
-                    await asyncio.sleep(0.01)
-                elapsed = time.monotonic() - started
-                if not in_flight.done():
-                    in_flight.cancel()
-                    raise AssertionError(
-                        f"the request was not in the engine after {elapsed:.1f} s (tries before: "
-                        f"{tries}); last /health: {health}\n{gw.log_tail()}"
-                    )
-                outcome = in_flight.exception() or in_flight.result()
-                seen = f"ended at {elapsed:.2f} s unseen: {outcome!r}"
-                if not isinstance(outcome, httpx.Response) or outcome.status_code != 200:
-                    # A healthy engine must not fail it: that is a bug, not a race.
-                    text = outcome.text[:500] if isinstance(outcome, httpx.Response) else ""
-                    raise AssertionError(f"{seen} {text}\n{gw.log_tail()}")
-                tries.append(seen)  # answered in full between two polls: try again
+                try:
+                    await gw.until_in_engine([in_flight], at_least=1, timeout_s=60)
+                    return in_flight
+                except EndedBeforeSeen as ended:
+                    tries.append(str(ended))
             raise AssertionError(f"no try was seen inside the engine: {tries}")
 
         response, seen = asyncio.run(scenario())

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import openai
 import pytest
 
+from tests.integration.conftest import EndedBeforeSeen
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -61,15 +63,21 @@ def test_publish_while_requests_run(
 
     async def scenario() -> tuple[list[str], str, str]:
         async with openai.AsyncOpenAI(base_url=gateway.v1, api_key="x", max_retries=0) as c:
-            in_flight = [
-                asyncio.create_task(_ask(c, "swap", max_tokens=400, stream=i % 2 == 0))
-                for i in range(6)
-            ]
-            # Let them reach the engine before the new version lands.
-            deadline = time.monotonic() + 120
-            while gateway.running() < 3:
-                assert time.monotonic() < deadline, "the requests never reached the engine"
-                await asyncio.sleep(0.05)
+            tries: list[str] = []
+            for _ in range(3):
+                in_flight = [
+                    asyncio.create_task(_ask(c, "swap", max_tokens=400, stream=i % 2 == 0))
+                    for i in range(6)
+                ]
+                # Let them reach the engine before the new version lands.
+                try:
+                    await gateway.until_in_engine(in_flight, at_least=3)
+                    break
+                except EndedBeforeSeen as ended:
+                    tries.append(str(ended))
+                    await asyncio.gather(*in_flight)
+            else:
+                raise AssertionError(f"no try had 3 requests in the engine together: {tries}")
             published = await asyncio.to_thread(store.publish, second, "swap")
             await asyncio.sleep(1.0)  # the promise: served within one second of the publish
             after = await _ask(c, "swap", max_tokens=4, stream=False)
