@@ -152,7 +152,7 @@ def _step_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[]
     def step() -> None:
         # Once per step: the worst case for the memo (vLLM skips this call while a batch
         # keeps its adapter mapping, and the memo then lives on).
-        layout = [1, 2, 3, 4]
+        layout: list[int | None] = [1, 2, 3, 4]
         if churn:
             # The slot's weights stay (the same numbers cost the same); its id is new.
             layout[0] = next(newcomer)
