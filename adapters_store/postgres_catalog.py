@@ -28,40 +28,30 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from adapters_store.catalog_sql import SCHEMA_VERSION, CatalogTx, schema_statements
-from adapters_store.config import redact_url
 from adapters_store.errors import CatalogUnavailableError
+from adapters_store.postgres import new_pool, open_and_prepare, qmark
 
 __all__ = ["PostgresCatalog"]
 
 # Any fixed 64-bit number: the advisory-lock key of "the catalog's writer" in this database.
 _WRITE_LOCK = 0x74756E6567617465  # "tunegate"
-_CONNECT_TIMEOUT_S = 10
 # Connections one process keeps: the gateway's poller, a request thread, a publisher.
 _POOL_MAX = 4
 
 
 class _Qmark:
-    """A psycopg connection that takes the shared statements' `?` placeholders.
-
-    The statements (all in `catalog_sql.py`) hold no `?` but placeholders and no `%` at all
-    (`_check` refuses one, which psycopg would read as a placeholder), so the translation is
-    exact; values still travel separately from the SQL text."""
+    """A psycopg connection that takes the shared statements' `?` placeholders (all in
+    `catalog_sql.py`, translated by `qmark`); values still travel separately from the SQL."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
-    @staticmethod
-    def _check(sql: str) -> str:
-        if "%" in sql:
-            raise ValueError(f"catalog SQL must not contain '%': {sql!r}")
-        return sql.replace("?", "%s")
-
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self._conn.execute(self._check(sql), parameters)  # type: ignore[arg-type]
+        return self._conn.execute(qmark(sql), parameters)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         with self._conn.cursor() as cur:
-            cur.executemany(self._check(sql), parameters)  # type: ignore[arg-type]
+            cur.executemany(qmark(sql), parameters)  # type: ignore[arg-type]
 
 
 class PostgresCatalog:
@@ -71,30 +61,11 @@ class PostgresCatalog:
         self.url = url
         self._setting = setting
         self._pid = os.getpid()
-        # The first connection is made here, directly: a wrong URL or a server that is
-        # down fails now with libpq's reason, not as a pool timeout later.
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S) as c:
-                self._migrate(c)
-        except psycopg.OperationalError as exc:
-            reason = " ".join(str(exc).split())
-            raise CatalogUnavailableError(
-                f"{setting}: cannot open the PostgreSQL catalog at {redact_url(url)}: {reason}"
-            ) from None
+        open_and_prepare(url, setting, "catalog", self._migrate, CatalogUnavailableError)
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
-        return ConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=_POOL_MAX,
-            kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
-            # One empty round trip per checkout: after a database restart or failover a
-            # dead pooled connection is replaced instead of failing the caller once.
-            check=ConnectionPool.check_connection,
-            open=True,
-            name="tunegate-catalog",
-        )
+        return new_pool(self.url, "tunegate-catalog", _POOL_MAX, autocommit=True)
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():

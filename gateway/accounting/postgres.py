@@ -13,9 +13,8 @@ from dataclasses import astuple, fields
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
-from adapters_store.config import redact_url
+from adapters_store.postgres import new_pool, open_and_prepare, qmark
 from gateway.accounting.records import GroupBy, UsageRecord, UsageTotals
 from gateway.accounting.sqlite import _ADDED_COLUMNS, _SCHEMA, build_totals, totals_queries
 
@@ -25,12 +24,6 @@ _COLUMNS = [f.name for f in fields(UsageRecord)]
 # Gateways that start together create the table once: the first holds this lock (any fixed
 # 64-bit number, "acct") while the others wait and then find it made.
 _SCHEMA_LOCK = 0x61636374
-_CONNECT_TIMEOUT_S = 10
-
-
-def _pg(sql: str) -> str:
-    """The shared `?`-placeholder statements in psycopg's style (they hold no other `?`)."""
-    return sql.replace("?", "%s")
 
 
 class PostgresSink:
@@ -38,26 +31,10 @@ class PostgresSink:
 
     def __init__(self, url: str, setting: str = "gateway.accounting.url") -> None:
         self.url = url
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S) as c:
-                self._create(c)
-        except psycopg.OperationalError as exc:
-            reason = " ".join(str(exc).split())
-            raise RuntimeError(
-                f"{setting}: cannot open the PostgreSQL accounting store at "
-                f"{redact_url(url)}: {reason}"
-            ) from None
-        # One writer thread plus `/v1/usage` readers from request threads.
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=4,
-            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S},
-            # After a database restart a dead pooled connection is replaced, not failed on.
-            check=ConnectionPool.check_connection,
-            open=True,
-            name="tunegate-accounting",
-        )
+        open_and_prepare(url, setting, "accounting store", self._create, RuntimeError)
+        # One writer thread plus `/v1/usage` readers from request threads. Not autocommit:
+        # the pool commits a block's statements (a batch of records) as one transaction.
+        self._pool = new_pool(url, "tunegate-accounting", max_size=4, autocommit=False)
 
     @staticmethod
     def _create(conn: psycopg.Connection[Any]) -> None:
@@ -94,8 +71,8 @@ class PostgresSink:
         with self._pool.connection() as conn:
             # One snapshot for both queries, as SQLite's single read gives.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            sums = conn.execute(_pg(sums_sql), args).fetchall()  # type: ignore[call-overload]
-            latencies = conn.execute(_pg(latencies_sql), args).fetchall()  # type: ignore[call-overload]
+            sums = conn.execute(qmark(sums_sql), args).fetchall()  # type: ignore[call-overload]
+            latencies = conn.execute(qmark(latencies_sql), args).fetchall()  # type: ignore[call-overload]
         return build_totals(sums, latencies)
 
     def close(self) -> None:
