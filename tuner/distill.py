@@ -8,13 +8,13 @@ same tokenizer instead. The loss, on the positions the labels train (the assista
 
     kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + ce_weight * CE(labels)
 
-(Hinton et al. 2015: T^2 keeps the KL's gradients on the CE's scale whatever T is). Teacher
-logits are computed at those positions only, with the prompt prefix the batch shares run once
-(`tuner/prefix.py`), and kept in memory per example (`TeacherCache`), so from the second
-epoch on a step costs the student's part only: telecom-routing, 11-layer student, 1 thread,
-4.0 s a step in epoch 1 and 2.1 s in epochs 2-3 (load 2-8). On label tasks that is a handful
-of positions per example (360 MiB for those 400 examples in fp32 at the default model's
-49k-token vocabulary); a cache on disk would add re-use across runs only.
+(Hinton et al. 2015: T^2 keeps the KL's gradients on the CE's scale whatever T is); with
+`kd_positions=all` the KL covers every token after the prompt prefix all training examples
+share (the customer's words too), not only the answer. Teacher logits are computed at those
+positions only, with the prompt prefix the batch shares run once (`tuner/prefix.py`), and
+kept in memory per example (`TeacherCache`), so from the second epoch on a step costs the
+student's part only. That is 400 x ~27 positions x 49k-token vocabulary in fp32 (~2 GiB) for
+telecom-routing with `all`; a cache on disk would add re-use across runs only.
 
 Training is `tunegate tune`'s machinery (`tuner/train.py`: Trainer, checkpoints, resume,
 metrics JSONL, loss curve) with a Trainer whose `compute_loss` is the mixed loss above.
@@ -39,7 +39,7 @@ from tuner.data import IGNORE_INDEX, dataset_sha256, render_prompt
 from tuner.evaluate import EvalResult, load_cases, with_system_prompt
 from tuner.hardware import configure_threads, resolve_precision
 from tuner.pipeline import _store, build_card, evaluate_run, trained_system_prompt
-from tuner.prefix import common_prefix_len, greedy_generate, prefix_forward
+from tuner.prefix import common_prefix_len, greedy_generate, pad_batch, prefix_forward
 from tuner.recipe import Recipe
 from tuner.student import (
     StudentError,
@@ -69,6 +69,8 @@ __all__ = [
     "build_student",
     "distill",
     "kd_loss",
+    "kd_read",
+    "kd_start",
     "load_teacher",
     "measure_decode",
 ]
@@ -141,32 +143,33 @@ def kd_loss(
 
 
 class TeacherCache:
-    """The teacher's logits at each example's trained positions, computed once per example.
+    """The teacher's logits at each example's distilled positions, computed once per example.
 
-    Keyed by the example's real token ids and labels, so the same example in another batch
-    (the sampler reshuffles every epoch) finds its rows whatever its padding and neighbours.
-    Only `kd_positions=labels` caches: there an example's positions depend on the example
-    alone, while `all` keeps positions that depend on the batch. Past `max_bytes` new
-    examples are computed on the fly, never evicted nor refused.
+    Keyed by the example's real token ids and the positions the KL reads, so the same
+    example in another batch (the sampler reshuffles every epoch) finds its rows whatever its
+    padding and neighbours. That needs positions that depend on the example alone: its label
+    tokens (`kd_positions=labels`), or every token after the prompt prefix the whole training
+    set shares (`all`), never the prefix of a batch. Past `max_bytes` new examples are
+    computed on the fly, never evicted nor refused.
     """
 
-    def __init__(self, max_bytes: int = 2 << 30) -> None:
+    def __init__(self, max_bytes: int = 4 << 30) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = 0
         self.misses = 0
         self._rows: dict[bytes, Any] = {}
 
-    def logits(self, teacher: Any, ids: Any, mask: Any, keep: Any, targets: Any) -> Any:
+    def logits(self, teacher: Any, ids: Any, mask: Any, keep: Any, read: Any) -> Any:
         """Teacher logits [batch, len(keep), vocab] at absolute positions `keep`, right where
-        `targets` ([batch, positions], position p's next token) is trained and zeros elsewhere,
-        which `kd_loss` never reads."""
+        `read` ([batch, positions] booleans: the KL reads position p, which predicts token
+        p+1) is true and zeros elsewhere, which `kd_loss` never reads."""
         import torch
 
-        trained = targets[:, keep] != IGNORE_INDEX
+        wanted = read[:, keep]
         keys = []
         for i, n in enumerate(mask.sum(dim=1).tolist()):
-            own = targets[i, : n - 1] != IGNORE_INDEX  # the row's own positions, not the batch's
+            own = read[i, : n - 1]  # the row's own positions, not the batch's
             keys.append(ids[i, :n].numpy().tobytes() + own.numpy().tobytes())
         missing = [i for i, k in enumerate(keys) if k not in self._rows]
         self.misses += len(missing)
@@ -179,14 +182,37 @@ class TeacherCache:
             like = self._rows[keys[0]][0]
         out = torch.zeros((ids.size(0), keep.numel(), like.numel()), dtype=like.dtype)
         for j, i in enumerate(missing):
-            row = fresh[j, trained[i]]
-            out[i, trained[i]] = row
+            row = fresh[j, wanted[i]]
+            out[i, wanted[i]] = row
             if keys[i] not in self._rows and self.bytes + row.nbytes <= self.max_bytes:
                 self._rows[keys[i]] = row
                 self.bytes += row.nbytes
         for i in sorted(set(range(len(keys))) - set(missing)):
-            out[i, trained[i]] = self._rows[keys[i]]
+            out[i, wanted[i]] = self._rows[keys[i]]
         return out
+
+    def clear(self) -> None:
+        """Free the cached rows (the counts stay, for the run's log)."""
+        self._rows.clear()
+        self.bytes = 0
+
+
+def kd_start(rows: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> int:
+    """The first position `kd_positions=all` distils: the end of the prompt prefix every
+    training example shares (the system prompt and the user turn's header), so the KL of an
+    example never depends on the batch it lands in."""
+    batch = pad_batch([(r["input_ids"], r["labels"]) for r in rows], pad_id)
+    return common_prefix_len(batch["input_ids"], batch["attention_mask"])
+
+
+def kd_read(mask: Any, targets: Any, kd_positions: str, start: int) -> Any:
+    """[batch, positions] booleans: where the KL reads (position p predicts token p+1)."""
+    import torch
+
+    if kd_positions == "all":
+        after = torch.arange(targets.size(1)) >= start
+        return mask[:, 1:].bool() & after
+    return targets != IGNORE_INDEX
 
 
 def load_teacher(store: Any, ref: str, models_dir: Path, dtype: Any) -> Teacher:
@@ -233,7 +259,7 @@ def build_student(
     return student, base, keep
 
 
-def _distill_trainer_class(teacher: Any, recipe: Recipe, cache: TeacherCache) -> Any:
+def _distill_trainer_class(teacher: Any, recipe: Recipe, cache: TeacherCache, start: int) -> Any:
     import torch
     from transformers import Trainer
 
@@ -253,23 +279,14 @@ def _distill_trainer_class(teacher: Any, recipe: Recipe, cache: TeacherCache) ->
             num_items_in_batch: Any = None,
         ) -> Any:
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            # Position p predicts token p+1: only positions whose next token is trained, or
-            # (kd_positions=all) every position after the prompt prefix the batch shares.
+            # Position p predicts token p+1: CE where that token is trained, KL where
+            # `kd_read` says (the same positions, or all after the shared prompt prefix).
             targets = inputs["labels"][:, 1:]
-            kd_mask = None
-            if recipe.kd_positions == "all":
-                real = mask[:, 1:].bool()
-                start = common_prefix_len(ids, mask)
-                keep = real[:, start:].any(dim=0).nonzero().flatten() + start
-                kd_mask = real[:, keep]
-            else:
-                keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+            read = kd_read(mask, targets, recipe.kd_positions, start)
+            keep = (read | (targets != IGNORE_INDEX)).any(dim=0).nonzero().flatten()
             logits = prefix_forward(model, ids, mask, keep)
-            if kd_mask is None:
-                teacher_logits = cache.logits(teacher, ids, mask, keep, targets)
-            else:
-                with torch.no_grad():
-                    teacher_logits = prefix_forward(teacher, ids, mask, keep)
+            teacher_logits = cache.logits(teacher, ids, mask, keep, read)
+            kd_mask = read[:, keep] if recipe.kd_positions == "all" else None
             loss, parts = kd_loss(
                 logits,
                 teacher_logits,
@@ -422,7 +439,9 @@ def distill(
         train_set,
         valid_set,
         run_dir,
-        trainer_class=_distill_trainer_class(teacher.model, recipe, cache),
+        trainer_class=_distill_trainer_class(
+            teacher.model, recipe, cache, kd_start(train_set, tokenizer.pad_token_id or 0)
+        ),
     )
     checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume is not None else None
     if resume is not None and checkpoint is None:
@@ -437,6 +456,7 @@ def distill(
             f"teacher logits: {cache.misses} example rows computed, {cache.hits} from the "
             f"cache ({cache.bytes / 2**20:.0f} MiB)"
         )
+    cache.clear()  # up to max_bytes that evaluation and the speed test need more
     loss = float(output.training_loss) if output.training_loss is not None else None
     echo(
         f"distilled {tokens} tokens in {seconds:.1f} s ({output.global_step} steps"

@@ -239,7 +239,7 @@ def test_teacher_cache_serves_each_example_once_whatever_its_batch() -> None:
     cache = TeacherCache()
     for order in ([0, 1, 2], [2, 0], [1], [2, 1, 0]):  # epochs reshuffle; padding changes
         ids, mask, keep, targets = _batch([rows[i] for i in order])
-        got = cache.logits(teacher, ids, mask, keep, targets)
+        got = cache.logits(teacher, ids, mask, keep, targets != IGNORE_INDEX)
         with torch.no_grad():
             want = prefix_forward(teacher.model, ids, mask, keep)
         trained = targets[:, keep] != IGNORE_INDEX
@@ -258,7 +258,37 @@ def test_teacher_cache_past_its_budget_computes_on_the_fly() -> None:
     teacher = _Counting(_llama(2))
     cache = TeacherCache(max_bytes=0)
     ids, mask, keep, targets = _batch(_rows())
-    first = cache.logits(teacher, ids, mask, keep, targets)
-    again = cache.logits(teacher, ids, mask, keep, targets)
+    first = cache.logits(teacher, ids, mask, keep, targets != IGNORE_INDEX)
+    again = cache.logits(teacher, ids, mask, keep, targets != IGNORE_INDEX)
     torch.testing.assert_close(first, again)
     assert (cache.misses, cache.hits, cache.bytes) == (6, 0, 0)
+
+
+def test_teacher_cache_with_kd_positions_all_reads_past_the_training_sets_shared_prefix() -> None:
+    from tuner.distill import TeacherCache, kd_read, kd_start
+    from tuner.prefix import prefix_forward
+
+    rows = _rows()
+    # A fourth example sharing one more token with the first: a batch of those two shares an
+    # 11-token prefix, the training set 10; the KL must start at 10 in every batch.
+    ids4 = [*rows[0][0][:11], 26, 36, 2]
+    rows.append((ids4, [IGNORE_INDEX] * 12 + [36, 2]))
+    start = kd_start([{"input_ids": i, "labels": lab} for i, lab in rows], pad_id=0)
+    assert start == 10
+    teacher = _Counting(_llama(2))
+    cache = TeacherCache()
+    for order in ([0, 3], [1, 2, 0], [3, 1], [2, 3, 0, 1]):
+        ids, mask, _, targets = _batch([rows[i] for i in order])
+        read = kd_read(mask, targets, "all", start)
+        assert not read[:, :start].any()
+        assert bool((read.sum(dim=1) == mask.sum(dim=1) - 1 - start).all())
+        keep = read.any(dim=0).nonzero().flatten()
+        got = cache.logits(teacher, ids, mask, keep, read)
+        with torch.no_grad():
+            want = prefix_forward(teacher.model, ids, mask, keep)
+        at = read[:, keep]
+        torch.testing.assert_close(got[at], want[at], rtol=1e-4, atol=1e-4)
+        assert float(got[~at].abs().sum()) == 0.0
+    assert (cache.misses, cache.hits) == (4, 7)
+    cache.clear()
+    assert cache.bytes == 0
