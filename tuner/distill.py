@@ -255,6 +255,10 @@ def build_student(
     keep = select_layers(recipe.student_layers, len(decoder_layers(source)))
     student = drop_layers(source.to(dtype), keep)
     student.requires_grad_(True)
+    if recipe.freeze_embeddings:
+        # Tied or not, both ends of the vocabulary stay the source's.
+        student.get_input_embeddings().weight.requires_grad_(False)
+        student.get_output_embeddings().weight.requires_grad_(False)
     student.train()
     return student, base, keep
 

@@ -292,3 +292,29 @@ def test_teacher_cache_with_kd_positions_all_reads_past_the_training_sets_shared
     assert (cache.misses, cache.hits) == (4, 7)
     cache.clear()
     assert cache.bytes == 0
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_embeddings_leaves_only_the_vocabulary_ends_untrained(
+    tied: bool, freeze: bool
+) -> None:
+    from adapters_store.bases import BaseModel
+    from tuner.backends import ModelSpec
+    from tuner.distill import Teacher, build_student
+
+    base = BaseModel("b", Path("."), "test", "LlamaForCausalLM", {})
+    teacher = Teacher(
+        "t@1", "model", base, ModelSpec(path=Path(".")), _llama(4, tie_word_embeddings=tied)
+    )
+    recipe = load_recipe(
+        RECIPES / "telecom-routing" / "distill.yaml",
+        ["student_layers=0,3", f"freeze_embeddings={str(freeze).lower()}"],
+    )
+    student, _, keep = build_student(recipe, teacher, Path("."), torch.float32)
+    assert keep == [0, 3]
+    ends = {id(student.get_input_embeddings().weight), id(student.get_output_embeddings().weight)}
+    assert len(ends) == (1 if tied else 2)
+    for p in student.parameters():
+        assert p.requires_grad == (not freeze or id(p) not in ends)
+    assert any(p.requires_grad for p in student.parameters())
