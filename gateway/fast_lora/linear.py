@@ -8,10 +8,11 @@ not the arithmetic, is the step's LoRA time (docs/fast-lora.md).
 
 Here the slices are fused per adapter slot: their `lora_a` rows stacked into one matrix, their
 `lora_b` into one block-diagonal matrix, each cut to the slot's live rank (vLLM zero-pads every
-adapter to `max_lora_rank`). The batch's rows are gathered once in slot order, each slot does
-two matmuls, and the result is added back with one scatter. Those per-slot matrices depend only
-on the slot weights, so they are built once per adapter entering a slot (see `ops._StepMemo`),
-and the row order once per step.
+adapter to `max_lora_rank`). The batch's rows are gathered once in slot order; each slot does
+one shrink and its expand (block-diagonal for a few rows, slice by slice for many), added in
+place where its rows are contiguous, else scattered back to its rows. Those per-slot matrices
+depend only on the slot weights, so they are built once per adapter entering a slot (see
+`ops._StepMemo`), and the row order once per step.
 
 Results equal the wrapper's with the grouped ops: every output column belongs to one slice,
 and the block-diagonal zeros add exact zeros; the float32 shrink buffer and the rounding of
@@ -34,12 +35,33 @@ from . import ops
 __all__ = ["fuse_add_lora_linear"]
 
 
+# From this many rows of one slot on, the expand runs slice by slice: the block-diagonal
+# matrix's zeros double (gate/up) or triple (q/k/v) its arithmetic, which at prefill sizes
+# costs more than the extra calls (one module at 512 rows: 0.49 ms per slice vs 0.97 ms
+# block-diagonal for q/k/v, 1.50 vs 2.80 ms for gate/up); below it, fewer calls win.
+_PER_SLICE_ROWS = 64
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One slice's part of the fused matrices: its output columns and its rank columns."""
+
+    cols: slice
+    ranks: slice
+    b_t: torch.Tensor  # (rank, columns)
+
+
 @dataclass(frozen=True)
 class _SlotWeights:
-    """One slot's slices fused: `a` (sum of ranks, in), `b` (sum of slices, sum of ranks)."""
+    """One slot's slices fused, kept transposed and contiguous as the matmuls read them
+    (a few us less per call at decode sizes): `a_t` (in, sum of ranks), `b_t` (sum of ranks,
+    sum of slices), and `b_t` slice by slice (`slices`: those of rank > 0; `covered`: they
+    cover every output column, so a per-slice result needs no zeroed buffer)."""
 
-    a: torch.Tensor
-    b: torch.Tensor
+    a_t: torch.Tensor
+    b_t: torch.Tensor
+    slices: tuple[_Slice, ...]
+    covered: bool
 
 
 @dataclass(frozen=True)
@@ -70,7 +92,15 @@ def _slot_weights(
         b_parts.append(b[:, :rank].float())
     fused: _SlotWeights | None = None
     if any(part.shape[0] for part in a_parts):
-        fused = _SlotWeights(torch.cat(a_parts), torch.block_diag(*b_parts))
+        slices, col, rank = [], 0, 0
+        for b in b_parts:
+            if b.shape[1]:
+                cols, ranks = slice(col, col + b.shape[0]), slice(rank, rank + b.shape[1])
+                slices.append(_Slice(cols, ranks, b.T.contiguous()))
+            col, rank = col + b.shape[0], rank + b.shape[1]
+        covered = len(slices) == len(b_parts)
+        a_t, b_t = torch.cat(a_parts).T.contiguous(), torch.block_diag(*b_parts).T.contiguous()
+        fused = _SlotWeights(a_t, b_t, tuple(slices), covered)
     ops._step.put_slot(slot, key, fused if fused is not None else False)
     return fused
 
@@ -127,27 +157,45 @@ def _fused(
     order = _order(indices, num_slots)
     out = y2[:, :width]
     dtype = y2.dtype
-    gathered = order.rows is not None
     xs = x2 if order.rows is None else x2.index_select(0, order.rows)
-    values = torch.zeros((xs.shape[0], width), dtype=dtype) if gathered else None
+    reduced = dtype in ops._REDUCED
     for slot, start, stop in order.spans:
         weights = _slot_weights(lora_a, lora_b, slot)
         if weights is None:  # an empty slot adds exactly nothing
             continue
-        # The wrapper's float32 shrink buffer, scaled there; the expand rounds like `ops`.
-        h = torch.mm(xs[start:stop].float(), weights.a.T)
+        # The wrapper's float32 shrink buffer, scaled there; the expand rounds like `ops`:
+        # in a reduced dtype the shrink result is rounded to it, the expand computed in
+        # float32 and rounded again; in float32 it is computed in the model's dtype.
+        h = torch.mm(xs[start:stop].float(), weights.a_t)
         if scale != 1.0:
             h.mul_(scale)
-        if dtype in ops._REDUCED:
-            value = torch.mm(h.to(dtype).float(), weights.b.T).to(dtype)
+        h = h.to(dtype).float() if reduced else h.to(dtype)
+        rows = stop - start
+        if order.rows is None and not reduced:
+            # Contiguous rows in the model's own dtype: accumulate in place, one pass over
+            # the output instead of a product written out and then added.
+            if rows >= _PER_SLICE_ROWS:
+                for part in weights.slices:
+                    out[start:stop, part.cols].addmm_(h[:, part.ranks], part.b_t)
+            else:
+                out[start:stop].addmm_(h, weights.b_t.to(dtype))
+            continue
+        if rows >= _PER_SLICE_ROWS:
+            new = torch.empty if weights.covered else torch.zeros
+            value = new((rows, width), dtype=h.dtype)
+            for part in weights.slices:
+                torch.mm(h[:, part.ranks], part.b_t, out=value[:, part.cols])
         else:
-            value = torch.mm(h.to(dtype), weights.b.T.to(dtype))
-        if values is None:
+            value = torch.mm(h, weights.b_t.to(h.dtype))
+        if reduced:
+            value = value.to(dtype)
+        if order.rows is None:
             out[start:stop] += value
         else:
-            values[start:stop] = value
-    if values is not None and order.rows is not None:
-        out.index_add_(0, order.rows, values)
+            # Each slot's rows straight back to their places: no zero-filled buffer of the
+            # whole batch (at prefill sizes, writing and copying it cost more than the
+            # slots' matmuls did).
+            out.index_add_(0, order.rows[start:stop], value)
     return True
 
 

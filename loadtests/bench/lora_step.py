@@ -14,6 +14,10 @@ processes on a shared host inflate far less than wall time. One step = the defau
 - `grouped + step memo`: the ops and the `update_metadata` hook, without fused modules;
 - `fused modules`: the plugin as installed (plus `add_lora_linear` fused per module).
 
+Beside them, `base linears`: the same modules' own matmuls (x @ W.T at the model's widths, no
+LoRA), the work the LoRA is added to; "LoRA / base" is then the share a step's linear layers
+grow by, i.e. about what an engine loses to LoRA when the linears dominate its step.
+
 Prints a table (median CPU ms per step over the rounds) and writes JSON.
 """
 
@@ -53,8 +57,11 @@ BATCHES = (
     ("decode 32 tok, 4, new each step", 32, 4, False, True),
     ("prefill 512 tok, 1 adapter", 512, 1, True, False),
     ("prefill 512 tok, 4 adapters", 512, 4, True, False),
+    # About one scheduler step of the engine benchmark's prefill-heavy workload.
+    ("prefill 2048 tok, 4 adapters", 2048, 4, True, False),
 )
 VARIANTS = ("vLLM ops", "grouped ops", "grouped + step memo", "fused modules")
+BASE = "base linears"
 
 
 @dataclass
@@ -167,6 +174,28 @@ def _step_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[]
     return step
 
 
+def _base_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[], None]:
+    """The modules' base matmuls for the batch, with weights at the model's shapes."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    tokens = batch[1]
+    layer = [
+        (
+            torch.randn(tokens, width, generator=gen).to(dtype),
+            (torch.randn(sum(slices), width, generator=gen) * 0.02).to(dtype),
+        )
+        for width, slices in MODULES
+    ]
+
+    def step() -> None:
+        for _ in range(LAYERS):
+            for x, w in layer:
+                torch.mm(x, w.T)
+
+    return step
+
+
 def _cpu_ms(fn: Callable[[], None]) -> float:
     started = time.thread_time()
     fn()
@@ -182,24 +211,30 @@ def run(rounds: int, dtype_name: str, variants: tuple[str, ...]) -> list[dict[st
     with torch.inference_mode():
         for batch in BATCHES:
             step = _step_fn(batch, dtype)
-            times: dict[str, list[float]] = {v: [] for v in variants}
+            base = _base_fn(batch, dtype)
+            times: dict[str, list[float]] = {v: [] for v in (*variants, BASE)}
             for _ in range(rounds):
+                base()
+                times[BASE].append(_cpu_ms(base))
                 for variant in variants:
                     with _variant(variant):
                         step()  # warm: first update_metadata, caches
                         times[variant].append(_cpu_ms(step))
             row: dict[str, Any] = {"batch": batch[0]}
-            for variant in variants:
+            for variant in (*variants, BASE):
                 ordered = sorted(times[variant])
                 row[variant] = ordered[len(ordered) // 2]
+            if "fused modules" in row:
+                row["fused / base"] = row["fused modules"] / row[BASE]
             rows.append(row)
             print(_line(row), file=sys.stderr, flush=True)
     return rows
 
 
 def _line(row: dict[str, Any]) -> str:
-    cells = " ".join(f"{row[v]:>20.1f}" if v in row else f"{'-':>20}" for v in VARIANTS)
-    return f"{row['batch']:32} {cells}"
+    cells = " ".join(f"{row[v]:>20.1f}" if v in row else f"{'-':>20}" for v in (*VARIANTS, BASE))
+    share = f"{row['fused / base']:>14.2f}" if "fused / base" in row else f"{'-':>14}"
+    return f"{row['batch']:32} {cells} {share}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,9 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave out vLLM's own ops (seconds per prefill step on this CPU)",
     )
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated subset of: {', '.join(VARIANTS)} (default: all but see above)",
+    )
     args = parser.parse_args(argv)
     variants = VARIANTS[1:] if args.skip_vllm_ops else VARIANTS
-    print(f"{'CPU ms per step':32} " + " ".join(f"{v:>20}" for v in VARIANTS), file=sys.stderr)
+    if args.variants:
+        variants = tuple(v.strip() for v in args.variants.split(","))
+        unknown = set(variants) - set(VARIANTS)
+        if unknown:
+            parser.error(f"unknown variant(s): {', '.join(sorted(unknown))}")
+    head = " ".join(f"{v:>20}" for v in (*VARIANTS, BASE))
+    print(f"{'CPU ms per step':32} {head} {'fused / base':>14}", file=sys.stderr)
     rows = run(args.rounds, args.dtype, variants)
     result = {
         "benchmark": "lora_step",

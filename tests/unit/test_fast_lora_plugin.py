@@ -92,11 +92,15 @@ class _Slots:
         # The last slot stays empty, so vLLM's "-1 is the last slot" means "no adapter".
         self.layout: list[int | None] = [None] * n
 
-    def load(self, slot: int, adapter_id: int, rank: int) -> None:
+    def load(self, slot: int, adapter_id: int, rank: int, skip: int | None = None) -> None:
+        """`skip`: a slice the adapter leaves alone (all zeros, as vLLM stores a packed
+        module's untargeted part, e.g. an adapter on q and v only)."""
         gen = torch.Generator().manual_seed(adapter_id)
-        for a, b in zip(self.lora_a, self.lora_b, strict=True):
+        for i, (a, b) in enumerate(zip(self.lora_a, self.lora_b, strict=True)):
             a[slot] = 0
             b[slot] = 0
+            if i == skip:
+                continue
             a[slot, :, :rank] = torch.randn(1, rank, self.WIDTH, generator=gen).to(self.dtype)
             b[slot, :, :, :rank] = torch.randn(1, b.shape[2], rank, generator=gen).to(self.dtype)
         self.layout[slot] = adapter_id
@@ -136,7 +140,25 @@ def _run(
         slots.step(wrapper, LoRAMapping((0, 2, 0, 3, 3, 2), (0, 2, 0, 3, 3, 2)), 6),
         slots.step(wrapper, LoRAMapping((0, 0), (0, 0)), 7),
     ]
+    # Prefill-sized batches (from linear._PER_SLICE_ROWS rows of a slot on, the fused path
+    # expands slice by slice): contiguous slots, then requests alternating between slots
+    # (rows gathered), with an adapter that leaves one slice out.
+    outs += [
+        slots.step(wrapper, _prefill((3, 70), (2, 66), (0, 5)), 8),
+        slots.step(wrapper, _prefill((3, 40), (2, 40), (3, 40), (0, 3), (2, 40)), 9),
+    ]
+    slots.load(1, adapter_id=4, rank=6, skip=1)
+    outs += [
+        slots.step(wrapper, _prefill((4, 65), (3, 64)), 10),
+        slots.step(wrapper, _prefill((4, 33), (3, 20), (4, 33), (3, 50)), 11),
+    ]
     return outs
+
+
+def _prefill(*requests: tuple[int, int]) -> LoRAMapping:
+    """A prefill batch of (adapter id, tokens) requests (adapter 0: none)."""
+    index = tuple(adapter for adapter, tokens in requests for _ in range(tokens))
+    return LoRAMapping(index, tuple(adapter for adapter, _ in requests), is_prefill=True)
 
 
 def test_step_memo_follows_each_new_mapping_and_slot_layout(
@@ -145,11 +167,11 @@ def test_step_memo_follows_each_new_mapping_and_slot_layout(
     """Every step's result is vLLM's: nothing memoised outlives its step's index buffers,
     nor the adapter its slot's weights belong to. The grouped ops' own memo, so the
     wrapper's unfused `add_lora_linear` (what other callers of the ops get)."""
-    expected = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"))
+    expected = _run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"))
     fast_lora.register()
     wrapper = punica_cpu.PunicaWrapperCPU
     monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear._tunegate_original)  # type: ignore[attr-defined]
-    got = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"))
+    got = _run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"))
     assert ops._step.scoped
     for step, (g, e) in enumerate(zip(got, expected, strict=True)):
         torch.testing.assert_close(
@@ -163,7 +185,7 @@ def test_fused_linear_modules_match_vllm(
 ) -> None:
     """The fused path gives vLLM's results (its float32 shrink buffer and the rounding of
     reduced dtypes included), and inside a hooked step it never falls back to the wrapper."""
-    expected = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"), dtype)
+    expected = _run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), dtype)
     fast_lora.register()
     covered: list[bool] = []
     fused = linear._fused
@@ -173,7 +195,7 @@ def test_fused_linear_modules_match_vllm(
         return covered[-1]
 
     monkeypatch.setattr(linear, "_fused", spy)
-    got = _run(punica_cpu.PunicaWrapperCPU(64, 16, "cpu"), dtype)
+    got = _run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), dtype)
     assert covered == [True] * len(got)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     for step, (g, e) in enumerate(zip(got, expected, strict=True)):
