@@ -1,16 +1,20 @@
 """Benchmark of the fast CPU LoRA ops: vLLM's own punica ops vs tunegate's, side by side.
 
-    .venv/bin/python loadtests/bench/fast_lora.py [--out FILE] [--skip-engines]
+    .venv/bin/python loadtests/bench/fast_lora.py [--out FILE] [--rounds N] [--skip-micro]
 
 Two parts, in one run so that both sides see the same machine load:
 
 1. Micro-benchmarks per op at the default model's module shapes: vLLM's torch ops
    (`vllm.lora.ops.torch_ops`) against what `vllm.lora.punica_wrapper.punica_cpu` calls once
    vLLM has loaded its general plugins, i.e. through the same entry point the engine uses.
-2. Offline vLLM engines on the default model, each in its own process: the base model with
-   LoRA disabled, then LoRA enabled with the plugin off (vLLM's ops) and on. Workloads:
-   prefill-heavy (64 short chat prompts, 8 output tokens) and decode-heavy (32 prompts x
-   64 tokens), each through the base model, one adapter, and four adapters round-robin.
+2. Offline vLLM engines on the default model, each in its own process and all of them up at
+   once: the base model with LoRA disabled, then LoRA enabled with the plugin off (vLLM's
+   ops) and on. Workloads: prefill-heavy (64 short chat prompts, 8 output tokens) and
+   decode-heavy (32 prompts x 64 tokens), each through the base model, one adapter, and four
+   adapters round-robin. The engines take turns on each workload and mix, round after round
+   (their order rotating), so a ratio compares runs seconds apart; the ratios reported are
+   medians of the per-round ratios. One run of one engine varies by +-15% on a shared
+   2-core host; the engines idle between their turns (vLLM's workers stop spinning after 1 s).
 
 Prints a table and writes JSON (load average included: the machine is shared).
 """
@@ -24,6 +28,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,8 +117,9 @@ def chat_prompts(count: int, seed: int = 0) -> list[list[dict[str, str]]]:
 # ----------------------------------------------------------------------------- engine side
 
 
-def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
-    """One engine, every workload and mix; runs in its own process (see `main`)."""
+def serve_engine(spec: dict[str, Any], commands: Any, results: Any) -> None:
+    """One engine in this process, running the workload x mix runs it is sent, one JSON line
+    each way: `{"workload": ..., "mix": ...}` in, the run's figures out ("ready" first)."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -127,7 +133,8 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     )
     tokenizer = llm.get_tokenizer()
     adapters = [LoRARequest(f"bench-{i}", i + 1, path) for i, path in enumerate(spec["adapters"])]
-    mixes = [(label, n) for label, n in MIXES if lora or n == 0]
+    mix_sizes = dict(MIXES)
+    workloads = {w.name: w for w in WORKLOADS}
 
     def requests(count: int, n_adapters: int) -> list[LoRARequest] | None:
         return [adapters[i % n_adapters] for i in range(count)] if n_adapters else None
@@ -135,33 +142,40 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     # Load every adapter and touch every code path once before timing anything.
     warm = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     llm.generate(["Hello"] * 4, warm, lora_request=requests(4, 4 if lora else 0), use_tqdm=False)
-
-    results = []
-    for workload in WORKLOADS:
-        prompts = [
+    prompts = {
+        w.name: [
             str(tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True))  # type: ignore[arg-type]
-            for c in chat_prompts(workload.prompts)
+            for c in chat_prompts(w.prompts)
         ]
+        for w in WORKLOADS
+    }
+
+    def reply(message: dict[str, Any]) -> None:
+        results.write(json.dumps(message) + "\n")
+        results.flush()
+
+    reply({"ready": True})
+    for line in commands:
+        command = json.loads(line)
+        workload, mix = workloads[command["workload"]], command["mix"]
         params = SamplingParams(max_tokens=workload.max_tokens, temperature=0.0, ignore_eos=True)
-        for label, n_adapters in mixes:
-            started = time.perf_counter()
-            outputs = llm.generate(
-                prompts, params, lora_request=requests(len(prompts), n_adapters), use_tqdm=False
-            )
-            elapsed = time.perf_counter() - started
-            results.append(
-                {
-                    "workload": workload.name,
-                    "mix": label,
-                    "seconds": elapsed,
-                    "prompt_tokens": sum(len(o.prompt_token_ids or ()) for o in outputs),
-                    "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
-                    "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
-                    "load_avg_1m": os.getloadavg()[0],
-                }
-            )
-            print(f"  {workload.name:14} {label:10} {elapsed:7.2f} s", file=sys.stderr, flush=True)
-    return {"runs": results}
+        batch = prompts[workload.name]
+        started = time.perf_counter()
+        outputs = llm.generate(
+            batch, params, lora_request=requests(len(batch), mix_sizes[mix]), use_tqdm=False
+        )
+        elapsed = time.perf_counter() - started
+        reply(
+            {
+                "workload": workload.name,
+                "mix": mix,
+                "seconds": elapsed,
+                "prompt_tokens": sum(len(o.prompt_token_ids or ()) for o in outputs),
+                "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
+                "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
+                "load_avg_1m": os.getloadavg()[0],
+            }
+        )
 
 
 # ----------------------------------------------------------------------------- micro side
@@ -304,44 +318,64 @@ def run_micro(budget_s: float, max_rank: int, threads: int, dtype: str) -> list[
 # ----------------------------------------------------------------------------- report
 
 
-def _find(engine: dict[str, Any] | None, workload: str, mix: str) -> dict[str, Any] | None:
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _runs(engine: dict[str, Any] | None, workload: str, mix: str) -> dict[int, dict[str, Any]]:
+    """The engine's runs of one workload and mix, by round."""
     if engine is None:
-        return None
-    runs = engine["runs"]
-    return next((r for r in runs if r["workload"] == workload and r["mix"] == mix), None)
+        return {}
+    return {r["round"]: r for r in engine["runs"] if r["workload"] == workload and r["mix"] == mix}
+
+
+def _ratio(numerators: dict[int, dict[str, Any]], denominators: dict[int, dict[str, Any]]) -> Any:
+    """Median over the rounds both ran of seconds[denominator side] / seconds[this side],
+    i.e. this side's throughput relative to the other's, round by round."""
+    shared = sorted(set(numerators) & set(denominators))
+    return _median([denominators[r]["seconds"] / numerators[r]["seconds"] for r in shared])
 
 
 def summarise(engines: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per workload x mix: seconds and throughput per engine, ratios to the base."""
+    """One row per workload x mix: median seconds and throughput per engine, and the
+    medians of the per-round ratios to the base model and between the two LoRA engines."""
     rows = []
     for workload in WORKLOADS:
-        base = _find(engines.get("base model"), workload.name, "base")
+        base = _runs(engines.get("base model"), workload.name, "base")
         for mix, _ in MIXES:
             row: dict[str, Any] = {"workload": workload.name, "mix": mix}
             for engine, _, _ in ENGINES:
-                run = _find(engines.get(engine), workload.name, mix)
-                if run is None:
+                runs = _runs(engines.get(engine), workload.name, mix)
+                if not runs:
                     continue
-                total = run["prompt_tokens"] + run["output_tokens"]
+                seconds = statistics.median(r["seconds"] for r in runs.values())
+                first = runs[min(runs)]
+                total = first["prompt_tokens"] + first["output_tokens"]
                 row[engine] = {
-                    "seconds": run["seconds"],
-                    "output_tok_s": run["output_tokens"] / run["seconds"],
-                    "total_tok_s": total / run["seconds"],
-                    "vs_base_model": base["seconds"] / run["seconds"] if base else None,
+                    "rounds": len(runs),
+                    "seconds": seconds,
+                    "seconds_each_round": [runs[r]["seconds"] for r in sorted(runs)],
+                    "output_tok_s": first["output_tokens"] / seconds,
+                    "total_tok_s": total / seconds,
+                    "vs_base_model": _ratio(runs, base),
                 }
-            stock = _find(engines.get("vLLM ops"), workload.name, mix)
-            fast = _find(engines.get("fast ops"), workload.name, mix)
+            stock = _runs(engines.get("vLLM ops"), workload.name, mix)
+            fast = _runs(engines.get("fast ops"), workload.name, mix)
             if stock and fast:
-                row["fast_vs_vllm_speedup"] = stock["seconds"] / fast["seconds"]
-                row["same_greedy_tokens"] = stock["token_ids"] == fast["token_ids"]
+                row["fast_vs_vllm_speedup"] = _ratio(fast, stock)
+                both = sorted(set(stock) & set(fast))
+                if both:
+                    same = stock[both[0]]["token_ids"] == fast[both[0]]["token_ids"]
+                    row["same_greedy_tokens"] = same
             rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'workload':14} {'mix':10} " + " ".join(f"{e:>22}" for e, _, _ in ENGINES)
+    print("median s, total tok/s, and the median of the per-round throughput ratios")
+    head = f"{'workload':14} {'mix':10} " + " ".join(f"{e:>24}" for e, _, _ in ENGINES)
     print(head + f" {'fast/vLLM':>9} {'same':>5}")
-    print(" " * 26 + " ".join(f"{'s  tok/s  x base':>22}" for _ in ENGINES))
+    print(" " * 26 + " ".join(f"{'n   s  tok/s  x base':>24}" for _ in ENGINES))
     for row in rows:
         cells = []
         for engine, _, _ in ENGINES:
@@ -351,12 +385,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 continue
             ratio = cell["vs_base_model"]
             ratio_text = f"{ratio:5.2f}" if ratio is not None else "    -"
-            cells.append(f"{cell['seconds']:7.2f} {cell['total_tok_s']:7.0f} {ratio_text}")
+            cells.append(
+                f"{cell['rounds']} {cell['seconds']:6.2f} {cell['total_tok_s']:6.0f} {ratio_text}"
+            )
         speedup = row.get("fast_vs_vllm_speedup")
         same = row.get("same_greedy_tokens")
         print(
             f"{row['workload']:14} {row['mix']:10} "
-            + " ".join(f"{c:>22}" for c in cells)
+            + " ".join(f"{c:>24}" for c in cells)
             + (f" {speedup:9.2f} {'yes' if same else 'NO':>5}" if speedup else "")
         )
 
@@ -379,17 +415,29 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of the engines to run",
     )
     parser.add_argument(
+        "--rounds", type=int, default=3, help="turns of every engine on every workload and mix"
+    )
+    # vLLM's own ops are several times slower (minutes a round); the question for them is
+    # only whether the plugin is ever slower, which one round answers.
+    parser.add_argument(
+        "--stock-rounds", type=int, default=1, help="rounds that include the 'vLLM ops' engine"
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=("auto", "bfloat16", "float32"),
         help="model dtype (auto: the gateway's choice here, bf16 only where it is native)",
     )
     parser.add_argument("--engine-run", help=argparse.SUPPRESS)
+    parser.add_argument("--result-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.stock_rounds < 0:
+        parser.error("--rounds must be at least 1 and --stock-rounds at least 0")
 
-    if args.engine_run:  # child process: one engine
+    if args.engine_run:  # child process: one engine, commands on stdin
         spec = json.loads(Path(args.engine_run).read_text())
-        Path(spec["result"]).write_text(json.dumps(run_engine(spec)))
+        with os.fdopen(args.result_fd, "w") as results:
+            serve_engine(spec, sys.stdin, results)
         return 0
 
     from adapters_store.bases import BaseRegistry
@@ -411,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "engine_args": {**ENGINE_ARGS, **LORA_ARGS, "adapter_rank": ADAPTER_RANK},
         "workloads": [asdict(w) for w in WORKLOADS],
+        "rounds": args.rounds,
+        "stock_rounds": args.stock_rounds,
     }
     if not args.skip_micro:
         print(f"micro-benchmarks ({args.dtype}): vLLM's torch ops vs the plugin's", file=sys.stderr)
@@ -419,21 +469,31 @@ def main(argv: list[str] | None = None) -> int:
             args.micro_budget, LORA_ARGS["max_lora_rank"], args.micro_threads, args.dtype
         )
     if not args.skip_engines:
+        chosen = args.engines.split(",")
+        unknown = set(chosen) - {e for e, _, _ in ENGINES}
+        if unknown:
+            parser.error(f"unknown engine(s): {', '.join(sorted(unknown))}")
         with tempfile.TemporaryDirectory(prefix="fast-lora-bench-") as tmp:
             adapters = [
                 str(write_lora(Path(tmp) / f"adapter{i}", base, r=ADAPTER_RANK, seed=i, scale=0.02))
                 for i in range(4)
             ]
-            engines = {}
-            chosen = args.engines.split(",")
-            for label, lora, switch in ENGINES:
-                if label not in chosen:
-                    continue
-                print(f"engine: {label}", file=sys.stderr, flush=True)
-                spec = {"model": str(base.path), "dtype": args.dtype, "lora": lora}
-                engines[label] = _engine_process(tmp, label, spec, switch, adapters)
-        report["engines"] = engines
-        report["summary"] = summarise(engines)
+            with contextlib.ExitStack() as stack:
+                engines: dict[str, _Engine] = {}
+                for label, lora, switch in ENGINES:
+                    if label not in chosen:
+                        continue
+                    print(f"starting engine: {label}", file=sys.stderr, flush=True)
+                    spec = {"model": str(base.path), "dtype": args.dtype, "lora": lora}
+                    engines[label] = stack.enter_context(
+                        _Engine(tmp, label, spec, switch, adapters)
+                    )
+                runs = _play_rounds(engines, args.rounds, args.stock_rounds)
+        report["engines"] = {
+            label: {"start_s": engine.start_s, "runs": runs[label]}
+            for label, engine in engines.items()
+        }
+        report["summary"] = summarise(report["engines"])
         print_table(report["summary"])
     report["load_avg_end"] = os.getloadavg()
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -443,31 +503,102 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _engine_process(
-    tmp: str, label: str, spec: dict[str, Any], switch: str, adapters: list[str]
-) -> dict[str, Any]:
-    """Run one engine (`run_engine`) in a child process with the plugin switch set."""
-    slug = label.replace(" ", "-")
-    spec_path, result_path = Path(tmp) / f"{slug}.json", Path(tmp) / f"{slug}-result.json"
-    spec_path.write_text(json.dumps({**spec, "adapters": adapters, "result": str(result_path)}))
-    env = {**os.environ, SWITCH: switch}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    # One prefill step of vLLM's stock LoRA ops in bf16 on a busy 2-core machine can take
-    # longer than vLLM's default 300 s step timeout.
-    env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
-    started = time.perf_counter()
-    # Its own session, so that a failure or Ctrl-C here also ends vLLM's engine processes.
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--engine-run", str(spec_path)], env=env, start_new_session=True
-    )
-    try:
-        if proc.wait() != 0:
-            raise RuntimeError(f"engine {label!r} failed with exit status {proc.returncode}")
-    finally:
-        _end_session(proc)
-    result = json.loads(result_path.read_text())
-    result["wall_s"] = time.perf_counter() - started
-    return result
+def _play_rounds(
+    engines: dict[str, _Engine], rounds: int, stock_rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Every engine takes its turn on each workload and mix it can run, round after round,
+    the engines' order rotating so that none is always first after the others' turns."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in engines}
+    lora = {label for label, has_lora, _ in ENGINES if has_lora}
+    for round_ in range(rounds):
+        order = [e for e in engines if e != "vLLM ops" or round_ < stock_rounds]
+        turn = order[round_ % len(order) :] + order[: round_ % len(order)]
+        for workload in WORKLOADS:
+            for mix, n_adapters in MIXES:
+                for label in turn:
+                    if n_adapters and label not in lora:
+                        continue
+                    result = engines[label].run(workload.name, mix)
+                    result["round"] = round_
+                    runs[label].append(result)
+                    print(
+                        f"  round {round_ + 1}/{rounds} {workload.name:14} {mix:10} "
+                        f"{label:10} {result['seconds']:7.2f} s "
+                        f"(load {result['load_avg_1m']:.1f})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return runs
+
+
+class _Engine:
+    """One engine (`serve_engine`) in a child process of its own session, with the plugin
+    switch set; started on entering, stopped (with vLLM's processes) on leaving."""
+
+    def __init__(
+        self, tmp: str, label: str, spec: dict[str, Any], switch: str, adapters: list[str]
+    ) -> None:
+        slug = label.replace(" ", "-")
+        self.label = label
+        self.spec_path = Path(tmp) / f"{slug}.json"
+        self.spec_path.write_text(json.dumps({**spec, "adapters": adapters}))
+        self.env = {**os.environ, SWITCH: switch}
+        self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        # One prefill step of vLLM's stock LoRA ops in bf16 on a busy 2-core machine can
+        # take longer than vLLM's default 300 s step timeout.
+        self.env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
+        self.start_s = 0.0
+
+    def __enter__(self) -> _Engine:
+        started = time.perf_counter()
+        read_fd, write_fd = os.pipe()
+        # Its own session, so that a failure or Ctrl-C here also ends vLLM's processes.
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--engine-run",
+                str(self.spec_path),
+                "--result-fd",
+                str(write_fd),
+            ],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            text=True,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+        os.close(write_fd)
+        self.results = os.fdopen(read_fd)
+        try:
+            self._receive()  # "ready"
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.start_s = time.perf_counter() - started
+        return self
+
+    def run(self, workload: str, mix: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"workload": workload, "mix": mix}) + "\n")
+        self.proc.stdin.flush()
+        return self._receive()
+
+    def _receive(self) -> dict[str, Any]:
+        line = self.results.readline()
+        if not line:
+            status = self.proc.wait()
+            raise RuntimeError(f"engine {self.label!r} ended (exit status {status})")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()  # the engine's loop ends, the process exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        _end_session(self.proc)
+        self.results.close()
 
 
 def _end_session(proc: subprocess.Popen[Any]) -> None:
