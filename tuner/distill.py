@@ -13,8 +13,9 @@ same tokenizer instead. The loss, on the positions the labels train (the assista
 share (the customer's words too), not only the answer. Teacher logits are computed at those
 positions only, with the prompt prefix the batch shares run once (`tuner/prefix.py`), and
 kept in memory per example (`TeacherCache`), so from the second epoch on a step costs the
-student's part only. That is 400 x ~27 positions x 49k-token vocabulary in fp32 (~2 GiB) for
-telecom-routing with `all`; a cache on disk would add re-use across runs only.
+student's part only: telecom-routing, 11-layer student, `all`, frozen embeddings, 1 thread,
+4.2 s a step in epoch 1 and 2.7 s after (load 2-2.5). The cache holds 400 x ~27 positions x
+the 49k-token vocabulary in fp32 there (1.9 GiB); on disk it would add re-use across runs only.
 
 Training is `tunegate tune`'s machinery (`tuner/train.py`: Trainer, checkpoints, resume,
 metrics JSONL, loss curve) with a Trainer whose `compute_loss` is the mixed loss above.
