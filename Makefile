@@ -71,7 +71,8 @@ typecheck: setup
 	$(BIN)/mypy tunegate gateway tuner adapters_store loadtests
 
 # Each script under loadtests/bench/ prints its table and writes JSON (with the load average:
-# run on a quiet machine). About an hour on 2 CPU cores; README.md keeps the latest tables.
+# run on a quiet machine). Hours on 2 CPU cores (fast_lora.py's 3 engine rounds alone ~50 min);
+# README.md keeps the latest tables.
 BENCH_OUT ?= runs/bench
 bench: setup
 	@mkdir -p $(BENCH_OUT)
