@@ -129,6 +129,63 @@ def _order(indices: torch.Tensor, num_slots: int) -> _Order:
     return order
 
 
+@dataclass(frozen=True)
+class _Batched:
+    """A decode-like batch as one batched matmul: the rows of each of `slots` gathered into
+    `n` rows per slot (`rows`, short slots padded with their own last row, whose padded
+    results `mask` zeroes; None when every slot has exactly `n`)."""
+
+    slots: tuple[int, ...]
+    n: int
+    rows: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def _batched(order: _Order) -> _Batched | None:
+    """`order` as equal groups for `torch.bmm`, memoised for the step; None where that does
+    not pay: rows in place (prefill), one slot, a slot with many rows, or padding that would
+    more than double the work."""
+    if order.rows is None or len(order.spans) < 2:
+        return None
+    key = ("batched", *ops._address(order.rows))
+    memo = ops._step.get(key)
+    if memo is not None:
+        return memo if isinstance(memo, _Batched) else None
+    sizes = [stop - start for _, start, stop in order.spans]
+    n = max(sizes)
+    batched: _Batched | None = None
+    if n < _PER_SLICE_ROWS and n * len(sizes) <= 2 * sum(sizes):
+        index, keep = [], []
+        for (_, start, stop), size in zip(order.spans, sizes, strict=True):
+            index += [*range(start, stop), *[stop - 1] * (n - size)]
+            keep += [1.0] * size + [0.0] * (n - size)
+        rows = order.rows[torch.tensor(index)]
+        padded = any(size < n for size in sizes)
+        mask = torch.tensor(keep).view(len(sizes), n, 1) if padded else None
+        batched = _Batched(tuple(slot for slot, _, _ in order.spans), n, rows, mask)
+    ops._step.put(key, batched if batched is not None else False)
+    return batched
+
+
+def _stack(
+    lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], slots: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The slots' fused matrices stacked for `torch.bmm` ((slots, in, rank), (slots, rank,
+    width)), memoised while the slot layout stays; None if a slot is empty or the slots'
+    live ranks differ."""
+    key = ("stack", *(w.data_ptr() for w in (*lora_a, *lora_b)), *slots)
+    memo = ops._step.get_layout(key)
+    if memo is not None:
+        return memo if isinstance(memo, tuple) else None
+    weights = [_slot_weights(lora_a, lora_b, slot) for slot in slots]
+    stack: tuple[torch.Tensor, torch.Tensor] | None = None
+    present = [w for w in weights if w is not None]
+    if len(present) == len(weights) and len({w.a_t.shape for w in present}) == 1:
+        stack = (torch.stack([w.a_t for w in present]), torch.stack([w.b_t for w in present]))
+    ops._step.put_layout(key, stack if stack is not None else False)
+    return stack
+
+
 def _fused(
     wrapper: Any,
     y: torch.Tensor,
@@ -157,8 +214,26 @@ def _fused(
     order = _order(indices, num_slots)
     out = y2[:, :width]
     dtype = y2.dtype
-    xs = x2 if order.rows is None else x2.index_select(0, order.rows)
     reduced = dtype in ops._REDUCED
+    batched = _batched(order)
+    stack = _stack(lora_a, lora_b, batched.slots) if batched is not None else None
+    if batched is not None and stack is not None:
+        # Decode over interleaved adapters: every slot has a handful of rows, and the fixed
+        # cost of four calls per slot (shrink, expand, scatter, and its share of the gather)
+        # outweighs their arithmetic; one gather, two batched matmuls and one scatter.
+        xb = x2.index_select(0, batched.rows).float().view(len(batched.slots), batched.n, -1)
+        h = torch.bmm(xb, stack[0])
+        if scale != 1.0:
+            h.mul_(scale)
+        h = h.to(dtype).float() if reduced else h.to(dtype)
+        value = torch.bmm(h, stack[1].to(h.dtype))
+        if batched.mask is not None:
+            value.mul_(batched.mask)
+        if reduced:
+            value = value.to(dtype)
+        out.index_add_(0, batched.rows, value.view(-1, width))
+        return True
+    xs = x2 if order.rows is None else x2.index_select(0, order.rows)
     for slot, start, stop in order.spans:
         weights = _slot_weights(lora_a, lora_b, slot)
         if weights is None:  # an empty slot adds exactly nothing

@@ -111,6 +111,8 @@ class _StepMemo:
         self._memo: dict[tuple[object, ...], object] = {}
         # Keyed (slot, ...): what depends on one slot's weights, kept while its adapter stays.
         self._by_slot: dict[tuple[object, ...], object] = {}
+        # What depends on several slots' weights: kept while the whole layout stays.
+        self._by_layout: dict[tuple[object, ...], object] = {}
         self._layout: tuple[object, ...] | None = None
         self.scoped = False
 
@@ -119,6 +121,7 @@ class _StepMemo:
         self.scoped = True
         self._memo.clear()
         if layout is None or layout != self._layout:
+            self._by_layout.clear()
             old = self._layout
             if layout is None or old is None or len(layout) != len(old):
                 self._by_slot.clear()
@@ -136,6 +139,7 @@ class _StepMemo:
         self._layout = None
         self._memo.clear()
         self._by_slot.clear()
+        self._by_layout.clear()
 
     def get(self, key: tuple[object, ...]) -> object | None:
         return self._memo.get(key) if self.scoped else None
@@ -151,6 +155,14 @@ class _StepMemo:
     def put_slot(self, slot: int, key: tuple[object, ...], value: object) -> None:
         if self.scoped:
             self._by_slot[(slot, *key)] = value
+
+    def get_layout(self, key: tuple[object, ...]) -> object | None:
+        """What was put under `key` while the whole slot layout stays the same."""
+        return self._by_layout.get(key) if self.scoped else None
+
+    def put_layout(self, key: tuple[object, ...], value: object) -> None:
+        if self.scoped:
+            self._by_layout[key] = value
 
 
 _step = _StepMemo()

@@ -152,6 +152,14 @@ def _run(
         slots.step(wrapper, _prefill((4, 65), (3, 64)), 10),
         slots.step(wrapper, _prefill((4, 33), (3, 20), (4, 33), (3, 50)), 11),
     ]
+    # Decode over interleaved adapters of one rank runs as one batched matmul over the slots
+    # (linear._batched), with stacked weights kept while the layout stays: a new adapter of
+    # the same rank in slot 1 must not reuse them; slots of unequal rows are padded.
+    slots.load(1, adapter_id=5, rank=8)
+    outs += [
+        slots.step(wrapper, LoRAMapping((5, 3, 0, 3, 5), (5, 3, 0, 3, 5)), 12),
+        slots.step(wrapper, LoRAMapping((5, 3, 3, 5, 3), (5, 3, 3, 5, 3)), 13),
+    ]
     return outs
 
 
@@ -201,6 +209,32 @@ def test_fused_linear_modules_match_vllm(
     for step, (g, e) in enumerate(zip(got, expected, strict=True)):
         torch.testing.assert_close(
             g, e, rtol=tolerance, atol=tolerance, msg=lambda m, s=step: f"step {s}: {m}"
+        )
+
+
+def _decode_run(wrapper: punica_cpu.PunicaWrapperCPU) -> list[torch.Tensor]:
+    """Decode steps over two interleaved adapters of one rank (linear._batched's case), the
+    stacked weights built first, then one slot taking a new adapter of the same rank."""
+    slots = _Slots()
+    slots.load(0, adapter_id=1, rank=8)
+    slots.load(1, adapter_id=2, rank=8)
+    outs = [slots.step(wrapper, LoRAMapping((1, 2, 1, 2), (1, 2, 1, 2)), 0)]
+    slots.load(1, adapter_id=5, rank=8)
+    outs += [
+        slots.step(wrapper, LoRAMapping((5, 1, 0, 1, 5), (5, 1, 0, 1, 5)), 1),
+        slots.step(wrapper, LoRAMapping((5, 1, 1, 5, 1), (5, 1, 1, 5, 1)), 2),
+    ]
+    return outs
+
+
+def test_batched_decode_follows_slot_changes(stock_ops: None) -> None:
+    """The stacked weights of the batched decode path never outlive a slot's adapter."""
+    expected = _decode_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"))
+    fast_lora.register()
+    got = _decode_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"))
+    for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(
+            g, e, rtol=1e-5, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}"
         )
 
 
