@@ -186,6 +186,16 @@ def _stack(
     return stack
 
 
+def _shrink(x: torch.Tensor, a_t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """`scale * x @ a_t` as the wrapper's float32 shrink buffer holds it, rounded as `ops`
+    expands it: in a reduced dtype rounded to it and computed on in float32; in float32 in the
+    model's dtype. `x` is (rows, in) or (slots, rows, in) with `a_t` stacked to match."""
+    h = torch.matmul(x.float(), a_t)
+    if scale != 1.0:
+        h.mul_(scale)
+    return h.to(dtype).float() if dtype in ops._REDUCED else h.to(dtype)
+
+
 def _fused(
     wrapper: Any,
     y: torch.Tensor,
@@ -221,11 +231,8 @@ def _fused(
         # Decode over interleaved adapters: every slot has a handful of rows, and the fixed
         # cost of four calls per slot (shrink, expand, scatter, and its share of the gather)
         # outweighs their arithmetic; one gather, two batched matmuls and one scatter.
-        xb = x2.index_select(0, batched.rows).float().view(len(batched.slots), batched.n, -1)
-        h = torch.bmm(xb, stack[0])
-        if scale != 1.0:
-            h.mul_(scale)
-        h = h.to(dtype).float() if reduced else h.to(dtype)
+        xb = x2.index_select(0, batched.rows).view(len(batched.slots), batched.n, -1)
+        h = _shrink(xb, stack[0], scale, dtype)
         value = torch.bmm(h, stack[1].to(h.dtype))
         if batched.mask is not None:
             value.mul_(batched.mask)
@@ -238,13 +245,7 @@ def _fused(
         weights = _slot_weights(lora_a, lora_b, slot)
         if weights is None:  # an empty slot adds exactly nothing
             continue
-        # The wrapper's float32 shrink buffer, scaled there; the expand rounds like `ops`:
-        # in a reduced dtype the shrink result is rounded to it, the expand computed in
-        # float32 and rounded again; in float32 it is computed in the model's dtype.
-        h = torch.mm(xs[start:stop].float(), weights.a_t)
-        if scale != 1.0:
-            h.mul_(scale)
-        h = h.to(dtype).float() if reduced else h.to(dtype)
+        h = _shrink(xs[start:stop], weights.a_t, scale, dtype)
         rows = stop - start
         if order.rows is None and not reduced:
             # Contiguous rows in the model's own dtype: accumulate in place, one pass over
