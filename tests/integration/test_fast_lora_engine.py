@@ -1,8 +1,9 @@
 """A real vLLM engine gives the same greedy tokens with the fast LoRA plugin on and off.
 
-Two engine processes on the default model (the plugin is switched by its environment
-variable, as vLLM loads it in its own worker processes). Each serves three batches with two
-PEFT adapters whose lora_B is random and nonzero, several prompt lengths, prefill and decode:
+Two engine processes on the default model, side by side (the plugin is switched by its
+environment variable, as vLLM loads it in its own worker processes). Each serves three
+batches with two PEFT adapters whose lora_B is random and nonzero, several prompt lengths,
+prefill and decode:
 
 - "base": the base model alone (the reference for base requests),
 - "one": every prompt through adapter a0 and through the base model, interleaved; the second
@@ -98,8 +99,11 @@ def _peft_adapter(base: BaseModel, folder: Path, seed: int) -> str:
     return str(folder)
 
 
-def _generate(model: Path, adapters: list[str], switch: str, tmp: Path) -> tuple[Any, str]:
-    """Run ENGINE_SCRIPT with the plugin switched on ("1") or off ("0")."""
+Run = tuple[subprocess.Popen[str], Path]  # an engine script running, and where it writes
+
+
+def _start(model: Path, adapters: list[str], switch: str, tmp: Path) -> Run:
+    """Start ENGINE_SCRIPT with the plugin switched on ("1") or off ("0")."""
     script, out = tmp / "engine.py", tmp / f"tokens-{switch}.json"
     script.write_text(ENGINE_SCRIPT)
     env = {**os.environ, "TUNEGATE_GATEWAY_FAST_LORA": switch}
@@ -116,6 +120,12 @@ def _generate(model: Path, adapters: list[str], switch: str, tmp: Path) -> tuple
         text=True,
         start_new_session=True,
     )
+    return proc, out
+
+
+def _finish(run: Run) -> tuple[Any, str]:
+    """Wait for a run started by _start: its tokens and its log."""
+    proc, out = run
     try:
         log, _ = proc.communicate(timeout=1800)
     finally:
@@ -135,8 +145,16 @@ def runs(default_model: BaseModel) -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fast-lora-engine-") as name:
         tmp = Path(name)
         adapters = [_peft_adapter(default_model, tmp / f"adapter{i}", seed=i) for i in range(2)]
-        fast, fast_log = _generate(default_model.path, adapters, "1", tmp)
-        stock, stock_log = _generate(default_model.path, adapters, "0", tmp)
+        # Both at once: an engine's start is mostly one busy core (imports, profiling runs),
+        # so on two cores the pair takes little longer than one.
+        started = [_start(default_model.path, adapters, switch, tmp) for switch in ("1", "0")]
+        try:
+            (fast, fast_log), (stock, stock_log) = (_finish(run) for run in started)
+        finally:
+            for proc, _ in started:  # the second run, when the first failed
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         yield {"fast": fast, "stock": stock, "fast_log": fast_log, "stock_log": stock_log}
 
 
