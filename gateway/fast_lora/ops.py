@@ -286,7 +286,12 @@ def _trailing_rank(w: torch.Tensor, shrink: bool) -> int:
     weights are (out, rank): trailing all-zero columns multiply their inputs by zero, so
     those input columns add exactly nothing.
     """
-    return _live_prefix(w.any(dim=1) if shrink else w.any(dim=0))
+    # abs().amax() != 0 rather than any(): torch's any() across the rows of a row-major
+    # matrix is ~10x slower (a rank-64-padded 1536 x 64 expand slice: 264-361 vs 22-34 us,
+    # bf16 and float32), and with many adapters over few slots this runs for every module of
+    # every adapter entering a slot. A NaN stays nonzero (NaN != 0).
+    magnitude = w.abs().amax(dim=1 if shrink else 0)
+    return _live_prefix(magnitude != 0)
 
 
 def _live_rank(w: torch.Tensor, slot: int, shrink: bool, rows: int) -> int | None:

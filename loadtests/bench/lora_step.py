@@ -51,6 +51,9 @@ VOCAB = 49152
 # token, prefill batches hold 8 requests of equal length; with churn, slot 0 takes a new
 # adapter every step (many adapters over few slots) and the others keep theirs.
 BATCHES = (
+    # One request per adapter (many adapters in flight): each slot's row in place.
+    ("decode 4 tok, 4 adapters", 4, 4, False, False),
+    ("decode 4 tok, 4, new each step", 4, 4, False, True),
     ("decode 8 tok, 1 adapter", 8, 1, False, False),
     ("decode 32 tok, 1 adapter", 32, 1, False, False),
     ("decode 32 tok, 4 adapters", 32, 4, False, False),

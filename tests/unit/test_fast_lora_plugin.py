@@ -82,7 +82,7 @@ class _Slots:
     """Stacked q/k/v-shaped LoRA weights as vLLM keeps them: allocated once, an adapter's
     weights written in place (zero-padded to the slots' rank) when it enters a slot."""
 
-    SLOTS, RANK, WIDTH, SLICES = 3, 8, 16, (16, 8, 8)
+    SLOTS, RANK, WIDTH, SLICES = 4, 8, 16, (16, 8, 8)
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         n, r, w = self.SLOTS, self.RANK, self.WIDTH
@@ -160,6 +160,17 @@ def _run(
         slots.step(wrapper, LoRAMapping((5, 3, 0, 3, 5), (5, 3, 0, 3, 5)), 12),
         slots.step(wrapper, LoRAMapping((5, 3, 3, 5, 3), (5, 3, 3, 5, 3)), 13),
     ]
+    # One request per adapter (rows in slot order, no gather) also runs batched; beside a
+    # prefill chunk, the decodes run batched and the chunk on its own, in place or gathered;
+    # slots of unequal rank run one by one.
+    slots.load(2, adapter_id=6, rank=8)
+    outs += [
+        slots.step(wrapper, LoRAMapping((5, 3, 6), (5, 3, 6)), 14),
+        slots.step(wrapper, _prefill((3, 40), (5, 1), (6, 1)), 15),
+        slots.step(wrapper, _prefill((3, 20), (5, 1), (3, 20), (6, 1), (0, 2)), 16),
+    ]
+    slots.load(2, adapter_id=7, rank=4)
+    outs += [slots.step(wrapper, LoRAMapping((5, 7, 3), (5, 7, 3)), 17)]
     return outs
 
 
