@@ -10,6 +10,9 @@ the six punica ops that `vllm.lora.punica_wrapper.punica_cpu` imported from
 - `TUNEGATE_GATEWAY_FAST_LORA` is not switched off. It is read from the environment because
   the plugin runs inside vLLM's worker processes, which never see tunegate's config file.
 
+`TUNEGATE_GATEWAY_FAST_LORA_CACHE_MIB` (default 1024) bounds the host memory that keeps each
+adapter's fused matrices while it is out of the engine's slots (see `ops._StepMemo`).
+
 This module imports only the standard library: vLLM imports it in every process, and the
 rest of `gateway` (and torch, until `register` needs it) stays out of those processes.
 """
@@ -23,15 +26,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "CACHE_ENV_VAR",
     "ENV_VAR",
     "OP_NAMES",
     "TESTED_VLLM_VERSION",
+    "cache_budget",
     "enabled",
     "is_active",
     "register",
 ]
 
 ENV_VAR = "TUNEGATE_GATEWAY_FAST_LORA"
+CACHE_ENV_VAR = "TUNEGATE_GATEWAY_FAST_LORA_CACHE_MIB"
+_DEFAULT_CACHE_MIB = 1024
 # The ops reproduce this release's torch_ops semantics, checked by the tests against it; a
 # different release may have changed the ops or how punica_cpu calls them.
 TESTED_VLLM_VERSION = "0.32.0"
@@ -69,6 +76,21 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     raise ValueError(
         f"{ENV_VAR}={raw!r} is not a boolean: use one of {', '.join(sorted(_TRUE | _FALSE))}"
     )
+
+
+def cache_budget(env: Mapping[str, str] | None = None) -> int:
+    """Bytes of fused adapter matrices kept across slots (`CACHE_ENV_VAR`, in MiB)."""
+    env = os.environ if env is None else env
+    raw = env.get(CACHE_ENV_VAR, "").strip()
+    if not raw:
+        return _DEFAULT_CACHE_MIB << 20
+    try:
+        mib = int(raw)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise ValueError(f"{CACHE_ENV_VAR}={raw!r} is not a whole number of MiB (0 or more)")
+    return mib << 20
 
 
 def is_active() -> bool:
@@ -116,6 +138,10 @@ def register() -> None:
     for name in OP_NAMES:
         setattr(punica_cpu, name, getattr(ops, name))
     _hook_steps(punica_cpu.PunicaWrapperCPU, ops.new_step)
+    from vllm.lora.model_manager import LoRAModelManager
+
+    _hook_registration(LoRAModelManager, ops._step.forget_adapter)
+    ops._step.adapter_budget = cache_budget()
     # After the hook: the fused path works only inside a hooked step (it memoises by it).
     fuse_add_lora_linear(punica_cpu.PunicaWrapperCPU)
     logger.info(
@@ -124,6 +150,25 @@ def register() -> None:
         ", ".join(OP_NAMES),
         ENV_VAR,
     )
+
+
+def _hook_registration(manager: type, forget: Callable[[object], None]) -> None:
+    """Tell the ops when vLLM registers an adapter id, whose weights may then be new.
+
+    Every registration (`LoRAModelManager.add_adapter`, the LRU manager's too) goes through
+    `_add_adapter`; what the ops keep for an adapter across slots is forgotten there.
+    """
+    add = manager._add_adapter  # type: ignore[attr-defined]
+    if getattr(add, "_tunegate_forget", False):
+        return
+
+    @functools.wraps(add)
+    def _add_adapter(self: object, lora: Any) -> None:
+        forget(lora.id)
+        add(self, lora)
+
+    _add_adapter._tunegate_forget = True  # type: ignore[attr-defined]
+    manager._add_adapter = _add_adapter  # type: ignore[attr-defined]
 
 
 def _hook_steps(wrapper: type, new_step: Callable[[tuple[object, ...] | None], None]) -> None:

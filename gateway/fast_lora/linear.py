@@ -96,7 +96,9 @@ def _slot_weights(
         for b in b_parts:
             if b.shape[1]:
                 cols, ranks = slice(col, col + b.shape[0]), slice(rank, rank + b.shape[1])
-                slices.append(_Slice(cols, ranks, b.T.contiguous()))
+                # A copy even where b.T is already contiguous (rank 1): the memo outlives
+                # the slot's tenure (ops._StepMemo.by_adapter), and the slot gets rewritten.
+                slices.append(_Slice(cols, ranks, b.T.clone(memory_format=torch.contiguous_format)))
             col, rank = col + b.shape[0], rank + b.shape[1]
         covered = len(slices) == len(b_parts)
         # Written block by block into zeros: torch.block_diag plus a transposed copy took
@@ -106,7 +108,11 @@ def _slot_weights(
             b_t[part.ranks, part.cols] = part.b_t
         a_t = torch.cat(a_parts).T.contiguous()
         fused = _SlotWeights(a_t, b_t, tuple(slices), covered)
-    ops._step.put_slot(slot, key, fused if fused is not None else False)
+    size = 0
+    if fused is not None:
+        parts = (fused.a_t, fused.b_t, *(part.b_t for part in fused.slices))
+        size = sum(t.numel() * t.element_size() for t in parts)
+    ops._step.put_slot(slot, key, fused if fused is not None else False, size)
     return fused
 
 
@@ -183,21 +189,45 @@ def _span_size(span: tuple[int, int, int]) -> int:
     return span[2] - span[1]
 
 
+@dataclass(frozen=True)
+class _Stack:
+    """The slots' fused matrices stacked for `torch.bmm`: `a_t` (slots, in, rank), and where
+    every slot's slices have the same ranks `slices`: (columns, rank columns, (slots, rank,
+    columns)) per slice, else `b_t` (slots, rank, width) block-diagonal. Stacking copies
+    every slot's matrices, whenever the batch's set of slots changes: only what is used."""
+
+    a_t: torch.Tensor
+    b_t: torch.Tensor | None
+    slices: tuple[tuple[slice, slice, torch.Tensor], ...] | None
+    covered: bool
+
+
 def _stack(
     lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], slots: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The slots' fused matrices stacked for `torch.bmm` ((slots, in, rank), (slots, rank,
-    width)), memoised while the slot layout stays; None if a slot is empty or the slots'
-    live ranks differ."""
+) -> _Stack | None:
+    """The slots' fused matrices stacked, memoised while the slot layout stays; None if a
+    slot is empty or the slots' live ranks differ."""
     key = ("stack", *(w.data_ptr() for w in (*lora_a, *lora_b)), *slots)
     memo = ops._step.get_layout(key)
     if memo is not None:
-        return memo if isinstance(memo, tuple) else None
+        return memo if isinstance(memo, _Stack) else None
     weights = [_slot_weights(lora_a, lora_b, slot) for slot in slots]
-    stack: tuple[torch.Tensor, torch.Tensor] | None = None
+    stack: _Stack | None = None
     present = [w for w in weights if w is not None]
     if len(present) == len(weights) and len({w.a_t.shape for w in present}) == 1:
-        stack = (torch.stack([w.a_t for w in present]), torch.stack([w.b_t for w in present]))
+        layouts = {
+            tuple((p.cols.start, p.cols.stop, p.ranks.start, p.ranks.stop) for p in w.slices)
+            for w in present
+        }
+        slices = None
+        if len(layouts) == 1:
+            slices = tuple(
+                (part.cols, part.ranks, torch.stack([w.slices[i].b_t for w in present]))
+                for i, part in enumerate(present[0].slices)
+            )
+        a_t = torch.stack([w.a_t for w in present])
+        b_t = None if slices is not None else torch.stack([w.b_t for w in present])
+        stack = _Stack(a_t, b_t, slices, present[0].covered)
     ops._step.put_layout(key, stack if stack is not None else False)
     return stack
 
@@ -250,8 +280,21 @@ def _fused(
         # scatter, and its share of the gather) outweighs their arithmetic; one gather, two
         # batched matmuls and one scatter.
         xb = x2.index_select(0, batched.rows).view(len(batched.slots), batched.n, -1)
-        h = _shrink(xb, stack[0], scale, dtype)
-        value = torch.bmm(h, stack[1].to(h.dtype))
+        h = _shrink(xb, stack.a_t, scale, dtype)
+        if stack.slices is not None:
+            # Slice by slice: a decode step reads every slot's expand matrices for a few rows,
+            # and the block-diagonal zeros would triple (q/k/v) or double (gate/up) those
+            # reads and the copies that stack them; a few more small calls cost less.
+            pieces = [torch.bmm(h[:, :, ranks], b_t) for _, ranks, b_t in stack.slices]
+            if stack.covered:
+                value = torch.cat(pieces, dim=2)
+            else:
+                value = h.new_zeros((len(batched.slots), batched.n, width))
+                for (cols, _, _), piece in zip(stack.slices, pieces, strict=True):
+                    value[:, :, cols] = piece
+        else:
+            assert stack.b_t is not None
+            value = torch.bmm(h, stack.b_t)
         if batched.mask is not None:
             value.mul_(batched.mask)
         if reduced:

@@ -21,6 +21,7 @@ token's shrink output is 0, and an expand leaves it unchanged (`add_inputs`) or 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -104,13 +105,27 @@ class _StepMemo:
     weights (their rank without padding, the fused module weights of `linear`) is kept
     until that slot's entry in the layout changes.
 
+    With more adapters in use than slots, adapters keep leaving and re-entering slots, and
+    each entry would rebuild what depends on its weights (the fused matrices: ~12% of the
+    engine's time in the many-adapters benchmark). So what is put for a slot is also kept by
+    the slot's adapter id (`by_adapter`, least recently used out past `adapter_budget`
+    bytes) and found again when that adapter enters any slot: vLLM writes the same weights
+    for an id until it registers that id again (`forget_adapter`, hooked on registration).
+    Keys must therefore not depend on the slot (or include it, and miss).
+
     Until the hook has run (the ops called directly, e.g. by tests) nothing is memoised.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, adapter_budget: int = 1 << 30) -> None:
         self._memo: dict[tuple[object, ...], object] = {}
         # Keyed (slot, ...): what depends on one slot's weights, kept while its adapter stays.
         self._by_slot: dict[tuple[object, ...], object] = {}
+        # adapter id -> (its entries by key, their bytes), least recently used first.
+        self._by_adapter: OrderedDict[object, tuple[dict[tuple[object, ...], object], int]] = (
+            OrderedDict()
+        )
+        self._adapter_bytes = 0
+        self.adapter_budget = adapter_budget
         # What depends on several slots' weights: kept while the whole layout stays.
         self._by_layout: dict[tuple[object, ...], object] = {}
         self._layout: tuple[object, ...] | None = None
@@ -140,6 +155,14 @@ class _StepMemo:
         self._memo.clear()
         self._by_slot.clear()
         self._by_layout.clear()
+        self._by_adapter.clear()
+        self._adapter_bytes = 0
+
+    def forget_adapter(self, adapter: object) -> None:
+        """vLLM registers adapter id `adapter` (again): its weights may be new."""
+        entries = self._by_adapter.pop(adapter, None)
+        if entries is not None:
+            self._adapter_bytes -= entries[1]
 
     def get(self, key: tuple[object, ...]) -> object | None:
         return self._memo.get(key) if self.scoped else None
@@ -149,12 +172,38 @@ class _StepMemo:
             self._memo[key] = value
 
     def get_slot(self, slot: int, key: tuple[object, ...]) -> object | None:
-        """What was put for `slot`'s weights under `key`, while the slot's adapter stays."""
-        return self._by_slot.get((slot, *key)) if self.scoped else None
+        """What was put under `key` for the weights of `slot`'s adapter, in this slot while
+        the adapter stays, or in any slot before (see `by_adapter`)."""
+        if not self.scoped:
+            return None
+        value = self._by_slot.get((slot, *key))
+        adapter = self._adapter_in(slot)
+        if value is None and adapter in self._by_adapter:
+            value = self._by_adapter[adapter][0].get(key)
+            if value is not None:
+                self._by_adapter.move_to_end(adapter)
+                self._by_slot[(slot, *key)] = value
+        return value
 
-    def put_slot(self, slot: int, key: tuple[object, ...], value: object) -> None:
-        if self.scoped:
-            self._by_slot[(slot, *key)] = value
+    def put_slot(self, slot: int, key: tuple[object, ...], value: object, size: int = 0) -> None:
+        """`size`: the bytes `value` holds (what counts against `adapter_budget`)."""
+        if not self.scoped:
+            return
+        self._by_slot[(slot, *key)] = value
+        adapter = self._adapter_in(slot)
+        if adapter is None:
+            return
+        entries, held = self._by_adapter.pop(adapter, ({}, 0))
+        entries[key] = value
+        self._by_adapter[adapter] = (entries, held + size)
+        self._adapter_bytes += size
+        while self._adapter_bytes > self.adapter_budget and len(self._by_adapter) > 1:
+            _, (_, freed) = self._by_adapter.popitem(last=False)
+            self._adapter_bytes -= freed
+
+    def _adapter_in(self, slot: int) -> object | None:
+        layout = self._layout
+        return layout[slot] if layout is not None and 0 <= slot < len(layout) else None
 
     def get_layout(self, key: tuple[object, ...]) -> object | None:
         """What was put under `key` while the whole slot layout stays the same."""

@@ -24,6 +24,7 @@ Prints a table (median CPU ms per step over the rounds) and writes JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -48,20 +49,23 @@ MODULES = (*((width, slices) for _, width, slices in OP_MODULES), (_HIDDEN, (_HI
 SLOTS, MAX_RANK, RANK = LORA_ARGS["max_loras"], LORA_ARGS["max_lora_rank"], ADAPTER_RANK
 VOCAB = 49152
 # (label, tokens, adapters, prefill, churn): decode batches interleave adapters token by
-# token, prefill batches hold 8 requests of equal length; with churn, slot 0 takes a new
-# adapter every step (many adapters over few slots) and the others keep theirs.
-BATCHES = (
+# token, prefill batches hold 8 requests of equal length. Churn: slot 0 takes another
+# adapter every step and the others keep theirs; "new" one that no slot held before (the
+# worst case), "back" one of two that take turns (many adapters over few slots, each one
+# coming back now and then).
+BATCHES: tuple[tuple[str, int, int, bool, str | None], ...] = (
     # One request per adapter (many adapters in flight): each slot's row in place.
-    ("decode 4 tok, 4 adapters", 4, 4, False, False),
-    ("decode 4 tok, 4, new each step", 4, 4, False, True),
-    ("decode 8 tok, 1 adapter", 8, 1, False, False),
-    ("decode 32 tok, 1 adapter", 32, 1, False, False),
-    ("decode 32 tok, 4 adapters", 32, 4, False, False),
-    ("decode 32 tok, 4, new each step", 32, 4, False, True),
-    ("prefill 512 tok, 1 adapter", 512, 1, True, False),
-    ("prefill 512 tok, 4 adapters", 512, 4, True, False),
+    ("decode 4 tok, 4 adapters", 4, 4, False, None),
+    ("decode 4 tok, 4, new each step", 4, 4, False, "new"),
+    ("decode 8 tok, 1 adapter", 8, 1, False, None),
+    ("decode 32 tok, 1 adapter", 32, 1, False, None),
+    ("decode 32 tok, 4 adapters", 32, 4, False, None),
+    ("decode 32 tok, 4, new each step", 32, 4, False, "new"),
+    ("decode 32 tok, 4, one back each step", 32, 4, False, "back"),
+    ("prefill 512 tok, 1 adapter", 512, 1, True, None),
+    ("prefill 512 tok, 4 adapters", 512, 4, True, None),
     # About one scheduler step of the engine benchmark's prefill-heavy workload.
-    ("prefill 2048 tok, 4 adapters", 2048, 4, True, False),
+    ("prefill 2048 tok, 4 adapters", 2048, 4, True, None),
 )
 VARIANTS = ("vLLM ops", "grouped ops", "grouped + step memo", "fused modules")
 BASE = "base linears"
@@ -146,7 +150,7 @@ def _variant(name: str) -> Iterator[None]:
         ops._step.reset()
 
 
-def _step_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[], None]:
+def _step_fn(batch: tuple[str, int, int, bool, str | None], dtype: Any) -> Callable[[], None]:
     import torch
     from vllm.lora.layers import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
@@ -157,7 +161,8 @@ def _step_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[]
     mapping = _mapping(tokens, adapters, prefill)
 
     wrapper = PunicaWrapperCPU(max_num_batched_tokens=4096, max_batches=256, device="cpu")
-    newcomer = iter(range(5, 1 << 30))  # adapter ids that no slot held before
+    # Adapter ids for slot 0: never held before, or two taking turns.
+    newcomer = iter(range(5, 1 << 30)) if churn == "new" else itertools.cycle((5, 6))
 
     def step() -> None:
         # Once per step: the worst case for the memo (vLLM skips this call while a batch
@@ -177,7 +182,7 @@ def _step_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[]
     return step
 
 
-def _base_fn(batch: tuple[str, int, int, bool, bool], dtype: Any) -> Callable[[], None]:
+def _base_fn(batch: tuple[str, int, int, bool, str | None], dtype: Any) -> Callable[[], None]:
     """The modules' base matmuls for the batch, with weights at the model's shapes."""
     import torch
 
@@ -221,7 +226,9 @@ def run(rounds: int, dtype_name: str, variants: tuple[str, ...]) -> list[dict[st
                 times[BASE].append(_cpu_ms(base))
                 for variant in variants:
                     with _variant(variant):
-                        step()  # warm: first update_metadata, caches
+                        # Warm: first update_metadata, caches (both of the "back" adapters).
+                        for _ in range(2 if batch[4] == "back" else 1):
+                            step()
                         times[variant].append(_cpu_ms(step))
             row: dict[str, Any] = {"batch": batch[0]}
             for variant in (*variants, BASE):

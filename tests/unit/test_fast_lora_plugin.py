@@ -13,6 +13,7 @@ import pytest
 import torch
 import vllm
 from vllm.lora.layers import LoRAMapping
+from vllm.lora.model_manager import LoRAModelManager
 from vllm.lora.ops import torch_ops as vllm_ops
 from vllm.lora.punica_wrapper import punica_cpu
 from vllm.platforms import current_platform
@@ -29,6 +30,7 @@ def stock_ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     wrapper = punica_cpu.PunicaWrapperCPU
     monkeypatch.setattr(wrapper, "update_metadata", wrapper.update_metadata)
     monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear)
+    monkeypatch.setattr(LoRAModelManager, "_add_adapter", LoRAModelManager._add_adapter)
     monkeypatch.delenv(fast_lora.ENV_VAR, raising=False)
     yield
     # A hooked step leaves the ops memoising by address: later tests call them directly.
@@ -49,6 +51,18 @@ def _installed() -> dict[str, object]:
 def test_switch_values(value: str | None, expected: bool) -> None:
     env = {} if value is None else {fast_lora.ENV_VAR: value}
     assert fast_lora.enabled(env) is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 1 << 30), (" 64 ", 64 << 20), ("0", 0)])
+def test_cache_budget_values(value: str | None, expected: int) -> None:
+    env = {} if value is None else {fast_lora.CACHE_ENV_VAR: value}
+    assert fast_lora.cache_budget(env) == expected
+
+
+@pytest.mark.parametrize("value", ["1.5", "-1", "lots"])
+def test_unreadable_cache_budget_is_a_clear_error(value: str) -> None:
+    with pytest.raises(ValueError, match=r"TUNEGATE_GATEWAY_FAST_LORA_CACHE_MIB=.*MiB"):
+        fast_lora.cache_budget({fast_lora.CACHE_ENV_VAR: value})
 
 
 def test_unreadable_switch_is_a_clear_error() -> None:
@@ -76,6 +90,8 @@ def test_register_installs_the_grouped_ops_once(
     fused = punica_cpu.PunicaWrapperCPU.add_lora_linear
     assert fused._tunegate_fused  # type: ignore[attr-defined]
     assert not getattr(fused._tunegate_original, "_tunegate_fused", False)  # type: ignore[attr-defined]
+    # ...and it hears of each adapter registration (its weights may be new).
+    assert LoRAModelManager._add_adapter._tunegate_forget  # type: ignore[attr-defined]
 
 
 class _Slots:
@@ -171,6 +187,13 @@ def _run(
     ]
     slots.load(2, adapter_id=7, rank=4)
     outs += [slots.step(wrapper, LoRAMapping((5, 7, 3), (5, 7, 3)), 17)]
+    # Batched decodes expand slice by slice where every slot has the same slices (here
+    # without slice 1), block-diagonal where they differ (slice 1 vs slice 2 left out).
+    slots.load(2, adapter_id=8, rank=8, skip=1)
+    slots.load(0, adapter_id=9, rank=8, skip=1)
+    outs += [slots.step(wrapper, LoRAMapping((9, 8, 0, 8, 9), (9, 8, 0, 8, 9)), 18)]
+    slots.load(0, adapter_id=10, rank=8, skip=2)
+    outs += [slots.step(wrapper, LoRAMapping((10, 8, 10), (10, 8, 10)), 19)]
     return outs
 
 
@@ -247,6 +270,76 @@ def test_batched_decode_follows_slot_changes(stock_ops: None) -> None:
         torch.testing.assert_close(
             g, e, rtol=1e-5, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}"
         )
+
+
+def _moving_run(wrapper: punica_cpu.PunicaWrapperCPU, forget: bool) -> list[torch.Tensor]:
+    """More adapters than slots: adapters leave and come back in other slots, and id 2 is
+    registered again with other weights (`forget`: the plugin's registration hook ran)."""
+    slots = _Slots()
+    outs = []
+    for step, (first, second) in enumerate([(1, 2), (3, 1), (2, 3), (1, 2)]):
+        slots.load(0, adapter_id=first, rank=8)
+        slots.load(1, adapter_id=second, rank=8)
+        ids = (first, second, first, 0, second)
+        outs.append(slots.step(wrapper, LoRAMapping(ids, ids), step))
+    # Id 2 again, now other weights (vLLM dropped it from its cache and loaded a new file).
+    slots.load(0, adapter_id=2, rank=5)
+    slots.load(1, adapter_id=1, rank=8)
+    if forget:
+        LoRAModelManager._add_adapter(_FakeManager(), _FakeLoRA(2))  # type: ignore[arg-type]
+    outs.append(slots.step(wrapper, LoRAMapping((2, 1, 2), (2, 1, 2)), 9))
+    return outs
+
+
+class _FakeManager:
+    """What LoRAModelManager._add_adapter touches, for calling the hooked method alone."""
+
+    def _validate_moe_lora_format(self, lora: object) -> None: ...
+
+    def _create_merged_loras_inplace(self, lora: object) -> None: ...
+
+    def __init__(self) -> None:
+        self._registered_adapters: dict[int, object] = {}
+
+
+class _FakeLoRA:
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+
+def test_adapters_moving_between_slots_keep_their_fused_weights(
+    stock_ops: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adapter coming back, in another slot, reuses what was built for its weights (no
+    second rank check); vLLM registering its id again makes the plugin build afresh."""
+    expected = _moving_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), forget=False)
+    fast_lora.register()
+    checks: list[int] = []
+    trailing_rank = ops._trailing_rank
+
+    def spy(w: torch.Tensor, shrink: bool) -> int:
+        checks.append(1)
+        return trailing_rank(w, shrink)
+
+    monkeypatch.setattr(ops, "_trailing_rank", spy)
+    got = _moving_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), forget=True)
+    for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(
+            g, e, rtol=1e-5, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}"
+        )
+    # Two checks per slice (lora_a and lora_b) per adapter build: ids 1, 2, 3, then 2 anew.
+    assert len(checks) == 4 * 2 * len(_Slots.SLICES)
+
+
+def test_adapter_memo_stays_within_its_budget(stock_ops: None) -> None:
+    fast_lora.register()
+    ops._step.adapter_budget = 1  # every adapter but the latest is evicted at once
+    got = _moving_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), forget=True)
+    assert len(ops._step._by_adapter) == 1 and ops._step._adapter_bytes > 0
+    ops._step.adapter_budget = 1 << 30
+    expected = _moving_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), forget=True)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 def test_switched_off_leaves_vllm_ops(stock_ops: None, monkeypatch: pytest.MonkeyPatch) -> None:
