@@ -78,7 +78,7 @@ bench: setup
 	@mkdir -p $(BENCH_OUT)
 	$(BIN)/python loadtests/bench/gateway_overhead.py --out $(BENCH_OUT)/gateway_overhead.json
 	$(BIN)/python loadtests/bench/hot_swap.py --out $(BENCH_OUT)/hot_swap.json
-	$(BIN)/python loadtests/bench/many_adapters.py --out $(BENCH_OUT)/many_adapters.json
+	$(BIN)/python loadtests/bench/many_adapters.py --max-tokens 16 --max-loras 8 --rounds 2 --out $(BENCH_OUT)/many_adapters.json
 	$(BIN)/python loadtests/bench/fast_lora.py --out $(BENCH_OUT)/fast_lora.json
 	$(BIN)/python loadtests/bench/finetune_latency.py --out $(BENCH_OUT)/finetune_latency.json
 	$(BIN)/python loadtests/bench/tuning_throughput.py --out $(BENCH_OUT)/tuning_throughput.json
