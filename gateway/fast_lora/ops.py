@@ -159,10 +159,17 @@ class _StepMemo:
         self._adapter_bytes = 0
 
     def forget_adapter(self, adapter: object) -> None:
-        """vLLM registers adapter id `adapter` (again): its weights may be new."""
+        """vLLM registers adapter id `adapter` (again): its weights may be new. Also what a
+        slot holding it keeps: the id can leave and re-enter the same slot between two
+        steps, which leaves the layout as it was."""
         entries = self._by_adapter.pop(adapter, None)
         if entries is not None:
             self._adapter_bytes -= entries[1]
+        if self._layout is not None and adapter in self._layout:
+            slots = {i for i, held in enumerate(self._layout) if held == adapter}
+            for key in [k for k in self._by_slot if k[0] in slots]:
+                del self._by_slot[key]
+            self._by_layout.clear()
 
     def get(self, key: tuple[object, ...]) -> object | None:
         return self._memo.get(key) if self.scoped else None

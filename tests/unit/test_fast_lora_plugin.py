@@ -288,6 +288,11 @@ def _moving_run(wrapper: punica_cpu.PunicaWrapperCPU, forget: bool) -> list[torc
     if forget:
         LoRAModelManager._add_adapter(_FakeManager(), _FakeLoRA(2))  # type: ignore[arg-type]
     outs.append(slots.step(wrapper, LoRAMapping((2, 1, 2), (2, 1, 2)), 9))
+    # ...and once more into the same slot, so the layout stays as it was.
+    slots.load(0, adapter_id=2, rank=3)
+    if forget:
+        LoRAModelManager._add_adapter(_FakeManager(), _FakeLoRA(2))  # type: ignore[arg-type]
+    outs.append(slots.step(wrapper, LoRAMapping((2, 1, 2), (2, 1, 2)), 10))
     return outs
 
 
@@ -327,8 +332,9 @@ def test_adapters_moving_between_slots_keep_their_fused_weights(
         torch.testing.assert_close(
             g, e, rtol=1e-5, atol=1e-5, msg=lambda m, s=step: f"step {s}: {m}"
         )
-    # Two checks per slice (lora_a and lora_b) per adapter build: ids 1, 2, 3, then 2 anew.
-    assert len(checks) == 4 * 2 * len(_Slots.SLICES)
+    # Two checks per slice (lora_a and lora_b) per adapter build: ids 1, 2, 3, then 2 anew
+    # twice.
+    assert len(checks) == 5 * 2 * len(_Slots.SLICES)
 
 
 def test_adapter_memo_stays_within_its_budget(stock_ops: None) -> None:
