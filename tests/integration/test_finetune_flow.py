@@ -214,10 +214,13 @@ def test_cancel_stops_a_running_job(gateway: RunningGateway, client: openai.Open
     job_id = _long_job(client)
     _until("training steps", gateway, lambda: len(_step_events(client, job_id)) >= 2)
     assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
-    # The worker stops at its next step and takes the next job; this one stays cancelled.
+    # The worker reads the job's status at the end of each step, then logs that step, so
+    # the step in flight stops the run; but the one whose check just passed may not have
+    # logged yet when we read (seen on a fast host: 3 read, then 4 and 5 logged), so at
+    # most two more steps. Not stopping would log several more in 2 s there.
     last = max(_step_events(client, job_id))
     time.sleep(2.0)
-    assert max(_step_events(client, job_id)) <= last + 1
+    assert max(_step_events(client, job_id)) <= last + 2
     job = client.fine_tuning.jobs.retrieve(job_id)
     assert job.status == "cancelled" and job.fine_tuned_model is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import subprocess
 import sys
@@ -21,17 +22,27 @@ from vllm.platforms import current_platform
 import gateway.fast_lora as fast_lora
 from gateway.fast_lora import linear, ops
 
+_HOOKS = ("_tunegate_step_hook", "_tunegate_fused", "_tunegate_forget")
+
+
+def _unhooked(method: Any) -> Any:
+    """vLLM's own method under the plugin's wrappers (each keeps it as `__wrapped__`)."""
+    return inspect.unwrap(method, stop=lambda f: not any(getattr(f, h, False) for h in _HOOKS))
+
 
 @pytest.fixture
 def stock_ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """punica_cpu with vLLM's own ops, restored after the test whatever `register` did."""
+    """punica_cpu with vLLM's own ops and methods, restored after the test whatever
+    `register` did. Unwrapped, not just saved: anything earlier in this process that made a
+    vLLM engine config (the e2e distillation test does) has run the plugin already."""
     for name in fast_lora.OP_NAMES:
         monkeypatch.setattr(punica_cpu, name, getattr(vllm_ops, name))
     wrapper = punica_cpu.PunicaWrapperCPU
-    monkeypatch.setattr(wrapper, "update_metadata", wrapper.update_metadata)
-    monkeypatch.setattr(wrapper, "add_lora_linear", wrapper.add_lora_linear)
-    monkeypatch.setattr(LoRAModelManager, "_add_adapter", LoRAModelManager._add_adapter)
+    monkeypatch.setattr(wrapper, "update_metadata", _unhooked(wrapper.update_metadata))
+    monkeypatch.setattr(wrapper, "add_lora_linear", _unhooked(wrapper.add_lora_linear))
+    monkeypatch.setattr(LoRAModelManager, "_add_adapter", _unhooked(LoRAModelManager._add_adapter))
     monkeypatch.delenv(fast_lora.ENV_VAR, raising=False)
+    ops._step.reset()
     yield
     # A hooked step leaves the ops memoising by address: later tests call them directly.
     ops._step.reset()
