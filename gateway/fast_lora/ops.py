@@ -184,8 +184,10 @@ class _StepMemo:
         if not self.scoped:
             return None
         value = self._by_slot.get((slot, *key))
+        if value is not None:  # the usual case, once per module and step: nothing more
+            return value
         adapter = self._adapter_in(slot)
-        if value is None and adapter in self._by_adapter:
+        if adapter in self._by_adapter:
             value = self._by_adapter[adapter][0].get(key)
             if value is not None:
                 self._by_adapter.move_to_end(adapter)

@@ -151,10 +151,11 @@ def runs(default_model: BaseModel) -> Iterator[dict[str, Any]]:
         try:
             (fast, fast_log), (stock, stock_log) = (_finish(run) for run in started)
         finally:
-            for proc, _ in started:  # the second run, when the first failed
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            for proc, _ in started:
+                if proc.returncode is None:  # the second run, when the first failed
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         yield {"fast": fast, "stock": stock, "fast_log": fast_log, "stock_log": stock_log}
 
 
