@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway._plugin_env import env_flag, env_whole_number
+
 __all__ = [
     "CACHE_ENV_VAR",
     "ENV_VAR",
@@ -50,8 +52,6 @@ OP_NAMES = (
     "sgmv_expand_slice",
     "sgmv_shrink",
 )
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 # Under the `vllm` logger so that vLLM's own logging set-up prints it in its worker
 # processes too, where nothing configures the root logger.
@@ -64,32 +64,13 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     An unreadable value is an error rather than a guess, so a typo cannot silently change
     which ops serve traffic.
     """
-    env = os.environ if env is None else env
-    raw = env.get(ENV_VAR)
-    if raw is None or raw.strip() == "":
-        return True
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(
-        f"{ENV_VAR}={raw!r} is not a boolean: use one of {', '.join(sorted(_TRUE | _FALSE))}"
-    )
+    return env_flag(os.environ if env is None else env, ENV_VAR, default=True)
 
 
 def cache_budget(env: Mapping[str, str] | None = None) -> int:
     """Bytes of fused adapter matrices kept across slots (`CACHE_ENV_VAR`, in MiB)."""
     env = os.environ if env is None else env
-    raw = env.get(CACHE_ENV_VAR, "").strip()
-    if not raw:
-        return _DEFAULT_CACHE_MIB << 20
-    try:
-        mib = int(raw)
-    except ValueError:
-        mib = -1
-    if mib < 0:
-        raise ValueError(f"{CACHE_ENV_VAR}={raw!r} is not a whole number of MiB (0 or more)")
+    mib = env_whole_number(env, CACHE_ENV_VAR, default=_DEFAULT_CACHE_MIB, minimum=0, unit="MiB")
     return mib << 20
 
 

@@ -391,10 +391,11 @@ def test_entry_point_is_registered_with_vllm() -> None:
     assert found.get("tunegate_fast_lora") == "gateway.fast_lora:register"
 
 
-def test_import_is_light() -> None:
-    """vLLM imports the plugin in every process: no torch, vLLM or server modules with it."""
+@pytest.mark.parametrize("plugin", ["gateway.fast_lora", "gateway.shm_polling"])
+def test_import_is_light(plugin: str) -> None:
+    """vLLM imports the plugins in every process: no torch, vLLM or server modules with them."""
     code = (
-        "import sys, gateway.fast_lora; "
+        f"import sys, {plugin}; "
         "heavy = ('torch', 'vllm', 'transformers', 'litestar', 'uvicorn', 'opentelemetry'); "
         "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))"
     )
