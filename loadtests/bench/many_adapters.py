@@ -25,7 +25,10 @@ It is slow, so only the first `--naive-requests` requests are run (and no more t
 Both sides compute in the dtype the gateway picks for this machine
 (`adapters_store.hardware.engine_dtype("auto")`: float32 where bf16 is emulated). Talks to
 the gateway over HTTP only (httpx). Prints a Markdown table and writes JSON with every run
-and the load average before and after (the machine is shared).
+and the load average before and after (the machine is shared). Beside requests/s, each
+configuration's CPU milliseconds per request: of the gateway's whole process tree (engine
+included), or of the naive process; other work on a shared machine moves it far less than
+the throughput, so it is the figure to compare code changes by.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ class Run:
     latency_ms: list[float]  # end to end, per successful request
     load_avg_1m: float
     first_error: str | None = None
+    # CPU seconds the serving side spent on the run: the gateway's whole process tree (HTTP
+    # front end, engine core, engine worker), or the naive side's own process. Unlike the
+    # requests/s it barely moves with what else the machine runs.
+    cpu_s: float | None = None
 
 
 # ----------------------------------------------------------------------------- pure logic
@@ -129,6 +136,9 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
         raise ValueError("summarize needs runs with a positive wall time")
     e2e = percentiles([ms for r in runs for ms in r.latency_ms])
     ok = sum(r.requests - r.errors for r in runs)
+    cpu = [
+        1000 * r.cpu_s / (r.requests - r.errors) for r in runs if r.cpu_s and r.requests > r.errors
+    ]
     return {
         "config": runs[0].config,
         "adapters": runs[0].adapters,
@@ -142,6 +152,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
         ),
         "e2e_p50_ms": e2e["p50"],
         "e2e_p99_ms": e2e["p99"],
+        "cpu_ms_per_request": statistics.median(cpu) if cpu else None,
         "load_avg_1m": [r.load_avg_1m for r in runs],
     }
 
@@ -174,14 +185,15 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
 
     lines = [
         "| configuration | requests (errors) | requests/s | output tok/s "
-        "| e2e p50 ms | e2e p99 ms | vs base |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| e2e p50 ms | e2e p99 ms | vs base | CPU ms per request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries.values():
         lines.append(
             f"| {s['config']} | {s['requests']} ({s['errors']}) | {s['requests_per_s']:.3f} "
             f"| {s['output_tok_per_s']:.1f} | {num(s['e2e_p50_ms'], '.0f')} "
-            f"| {num(s['e2e_p99_ms'], '.0f')} | {num(s['vs_base'], '.3f')} |"
+            f"| {num(s['e2e_p99_ms'], '.0f')} | {num(s['vs_base'], '.3f')} "
+            f"| {num(s.get('cpu_ms_per_request'), '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -236,12 +248,27 @@ async def _closed_loop(
     return wall, results
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of process `pid` and its live descendants so far."""
+    import psutil  # a dependency of vLLM
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def _gateway_run(
-    url: str, models: list[str], adapters: int, r: int, args: argparse.Namespace
+    url: str, pid: int, models: list[str], adapters: int, r: int, args: argparse.Namespace
 ) -> Run:
+    cpu_before = _tree_cpu_s(pid)
     wall, results = asyncio.run(
         _closed_loop(url, models, args.requests, args.concurrency, args.max_tokens)
     )
+    cpu = _tree_cpu_s(pid) - cpu_before
     errors = [str(error) for ok, _, _, error in results if not ok]
     run = Run(
         config=_config_name(adapters),
@@ -254,6 +281,7 @@ def _gateway_run(
         latency_ms=[1000 * s for ok, _, s, _ in results if ok],
         load_avg_1m=os.getloadavg()[0],
         first_error=errors[0][:500] if errors else None,
+        cpu_s=cpu,
     )
     _print_run(run)
     return run
@@ -266,7 +294,7 @@ def _print_run(run: Run) -> None:
         f"  {run.config:20} round {run.round}: {(run.requests - run.errors) / run.wall_s:6.3f} "
         f"req/s {run.completion_tokens / run.wall_s:7.1f} tok/s, e2e p50 {p50} ms "
         f"({run.requests} requests, {run.errors} errors, {run.wall_s:.1f} s, "
-        f"load {run.load_avg_1m:.2f})",
+        f"{run.cpu_s or 0:.1f} CPU-s, load {run.load_avg_1m:.2f})",
         flush=True,
     )
     if run.first_error:
@@ -279,7 +307,7 @@ def _gateway_side(home: Path, names: list[str], args: argparse.Namespace, log: P
     configs = [0, *args.counts]
     runs: list[Run] = []
     print("starting the gateway ...", flush=True)
-    with serving("gateway", gateway_command(port), env, port, log) as (url, _pid):
+    with serving("gateway", gateway_command(port), env, port, log) as (url, pid):
         # Warm-up: every adapter read from disk into the host cache once, and the engine's
         # first-request costs paid, before anything is timed.
         wall, results = asyncio.run(
@@ -292,7 +320,7 @@ def _gateway_side(home: Path, names: list[str], args: argparse.Namespace, log: P
         for r in range(args.rounds):
             for adapters in configs if r % 2 == 0 else reversed(configs):
                 models = names[:adapters] or [args.base]
-                runs.append(_gateway_run(url, models, adapters, r, args))
+                runs.append(_gateway_run(url, pid, models, adapters, r, args))
     return runs
 
 
@@ -336,6 +364,7 @@ def _naive_side(
 
     generate(0, 2)  # first-call costs out of the figure, as the gateway's warm-up does
     latencies, tokens = [], 0
+    cpu_before = time.process_time()
     deadline = time.monotonic() + args.naive_budget_s
     for i in range(args.naive_requests):
         n, seconds = generate(i, args.max_tokens)
@@ -354,6 +383,7 @@ def _naive_side(
         completion_tokens=tokens,
         latency_ms=[1000 * s for s in latencies],
         load_avg_1m=os.getloadavg()[0],
+        cpu_s=time.process_time() - cpu_before,
     )
     _print_run(run)
     return run

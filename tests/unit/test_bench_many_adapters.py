@@ -91,6 +91,19 @@ def test_summarize_takes_the_median_of_rounds_and_pools_latencies() -> None:
     assert s["e2e_p50_ms"] == pytest.approx(400.0)
     assert s["e2e_p99_ms"] == pytest.approx(694.0)  # numpy's linear interpolation
     assert s["load_avg_1m"] == [1.5, 1.5, 1.5]
+    assert s["cpu_ms_per_request"] is None  # no run measured its CPU
+
+
+def test_summarize_takes_the_median_cpu_per_served_request() -> None:
+    runs = [
+        _run("base", 0, 1.0, [100.0] * 4, cpu_s=2.0),  # 500 ms per request
+        _run("base", 0, 1.0, [100.0] * 2, requests=4, errors=2, cpu_s=2.0),  # 1000
+        _run("base", 0, 1.0, [100.0] * 4, cpu_s=1.2),  # 300
+        _run("base", 0, 1.0, [], requests=2, errors=2, cpu_s=9.0),  # served nothing
+    ]
+    s = summarize(runs)
+    assert s["cpu_ms_per_request"] == pytest.approx(500.0)
+    assert table(relative_to_base({"base": s})).splitlines()[2].endswith("| 1.000 | 500.0 |")
 
 
 def test_summarize_without_successes_has_no_latencies() -> None:
@@ -133,7 +146,7 @@ def test_no_base_no_ratio_and_table_marks_missing_values() -> None:
     assert speedup(summaries, 16) is None  # no gateway side
     lines = table(summaries).splitlines()
     assert lines[0].startswith("| configuration |")
-    assert lines[2] == "| naive, 16 adapters | 0 (0) | 0.000 | 0.0 | - | - | - |"
+    assert lines[2] == "| naive, 16 adapters | 0 (0) | 0.000 | 0.0 | - | - | - | - |"
 
 
 def test_table_has_one_row_per_configuration_in_order() -> None:
@@ -143,4 +156,4 @@ def test_table_has_one_row_per_configuration_in_order() -> None:
         "| 16 adapters",
         "| naive, 16 adapters",
     ]
-    assert lines[3] == "| 16 adapters | 8 (0) | 2.000 | 128.0 | 300 | 300 | 0.500 |"
+    assert lines[3] == "| 16 adapters | 8 (0) | 2.000 | 128.0 | 300 | 300 | 0.500 | - |"
