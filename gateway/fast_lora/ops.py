@@ -113,6 +113,9 @@ class _StepMemo:
     for an id until it registers that id again (`forget_adapter`, hooked on registration).
     Keys must therefore not depend on the slot (or include it, and miss).
 
+    What outlives steps and layouts, checking its own validity against the above (`linear`'s
+    per-module banks of every slot's weights), is kept under `get_kept` until `reset`.
+
     Until the hook has run (the ops called directly, e.g. by tests) nothing is memoised.
     """
 
@@ -126,9 +129,12 @@ class _StepMemo:
         )
         self._adapter_bytes = 0
         self.adapter_budget = adapter_budget
-        # What depends on several slots' weights: kept while the whole layout stays.
-        self._by_layout: dict[tuple[object, ...], object] = {}
+        # Kept until reset: what checks by itself whether it still holds (see the doc).
+        self._kept: dict[tuple[object, ...], object] = {}
         self._layout: tuple[object, ...] | None = None
+        # Bumped whenever a slot's memo goes (`slot_version`): every slot's, or one slot's.
+        self._epoch = 0
+        self._slot_epochs: dict[int, int] = {}
         self.scoped = False
 
     def new_step(self, layout: tuple[object, ...] | None = None) -> None:
@@ -136,16 +142,15 @@ class _StepMemo:
         self.scoped = True
         self._memo.clear()
         if layout is None or layout != self._layout:
-            self._by_layout.clear()
             old = self._layout
             if layout is None or old is None or len(layout) != len(old):
                 self._by_slot.clear()
+                self._epoch += 1
             else:
                 # A slot's weights are rewritten only when another adapter enters it: with
                 # many adapters over few slots, the other slots keep their work.
                 changed = {i for i, (a, b) in enumerate(zip(layout, old, strict=True)) if a != b}
-                for key in [k for k in self._by_slot if k[0] in changed]:
-                    del self._by_slot[key]
+                self._forget_slots(changed)
         self._layout = layout
 
     def reset(self) -> None:
@@ -154,9 +159,21 @@ class _StepMemo:
         self._layout = None
         self._memo.clear()
         self._by_slot.clear()
-        self._by_layout.clear()
+        self._kept.clear()
         self._by_adapter.clear()
         self._adapter_bytes = 0
+        self._epoch += 1
+
+    def _forget_slots(self, slots: set[int]) -> None:
+        for key in [k for k in self._by_slot if k[0] in slots]:
+            del self._by_slot[key]
+        for slot in slots:
+            self._slot_epochs[slot] = self._slot_epochs.get(slot, 0) + 1
+
+    def slot_version(self, slot: int) -> tuple[int, int]:
+        """Changes whenever what was put for `slot` (`put_slot`) is dropped: equal versions
+        mean the slot still holds the weights it held (what `linear`'s banks check)."""
+        return self._epoch, self._slot_epochs.get(slot, 0)
 
     def forget_adapter(self, adapter: object) -> None:
         """vLLM registers adapter id `adapter` (again): its weights may be new. Also what a
@@ -166,10 +183,7 @@ class _StepMemo:
         if entries is not None:
             self._adapter_bytes -= entries[1]
         if self._layout is not None and adapter in self._layout:
-            slots = {i for i, held in enumerate(self._layout) if held == adapter}
-            for key in [k for k in self._by_slot if k[0] in slots]:
-                del self._by_slot[key]
-            self._by_layout.clear()
+            self._forget_slots({i for i, held in enumerate(self._layout) if held == adapter})
 
     def get(self, key: tuple[object, ...]) -> object | None:
         return self._memo.get(key) if self.scoped else None
@@ -214,13 +228,14 @@ class _StepMemo:
         layout = self._layout
         return layout[slot] if layout is not None and 0 <= slot < len(layout) else None
 
-    def get_layout(self, key: tuple[object, ...]) -> object | None:
-        """What was put under `key` while the whole slot layout stays the same."""
-        return self._by_layout.get(key) if self.scoped else None
+    def get_kept(self, key: tuple[object, ...]) -> object | None:
+        """What was put under `key` since the last `reset`, whatever the steps and layouts
+        between: its holder checks that it still applies."""
+        return self._kept.get(key) if self.scoped else None
 
-    def put_layout(self, key: tuple[object, ...], value: object) -> None:
+    def put_kept(self, key: tuple[object, ...], value: object) -> None:
         if self.scoped:
-            self._by_layout[key] = value
+            self._kept[key] = value
 
 
 _step = _StepMemo()

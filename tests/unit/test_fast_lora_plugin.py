@@ -283,6 +283,91 @@ def test_batched_decode_follows_slot_changes(stock_ops: None) -> None:
         )
 
 
+class _EightSlots(_Slots):
+    SLOTS = 8
+
+
+def _bank_run(wrapper: punica_cpu.PunicaWrapperCPU, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Decode steps through linear's bank of every slot's weights: built at rank 3, widened
+    when a rank-8 adapter joins, over a few of eight slots (their weights copied out) and
+    over most (all eight read in place, the empty ones' results dropped), with rows of no
+    adapter, slots of unequal rows, and an adapter replacing another in its slot."""
+    slots = _EightSlots(dtype)
+    slots.load(0, adapter_id=1, rank=3)
+    slots.load(1, adapter_id=2, rank=3)
+    outs = [slots.step(wrapper, LoRAMapping((1, 2, 1, 2), (1, 2, 1, 2)), 0)]
+    slots.load(2, adapter_id=3, rank=8)
+    outs += [
+        slots.step(wrapper, LoRAMapping((1, 3, 2), (1, 3, 2)), 1),
+        slots.step(wrapper, LoRAMapping((3, 0, 1, 3), (3, 0, 1, 3)), 2),
+    ]
+    slots.load(3, adapter_id=4, rank=5, skip=2)
+    slots.load(4, adapter_id=5, rank=8)
+    outs += [
+        slots.step(wrapper, LoRAMapping((5, 4, 3, 2, 1), (5, 4, 3, 2, 1)), 3),
+        slots.step(wrapper, LoRAMapping((5, 4, 3, 0, 1, 4), (5, 4, 3, 0, 1, 4)), 4),
+    ]
+    slots.load(1, adapter_id=6, rank=8)
+    outs += [slots.step(wrapper, LoRAMapping((6, 5, 4, 3, 1), (6, 5, 4, 3, 1)), 5)]
+    slots.load(2, adapter_id=7, rank=3)  # narrower than the one it replaces
+    outs += [slots.step(wrapper, LoRAMapping((6, 5, 4, 7, 1), (6, 5, 4, 7, 1)), 6)]
+    return outs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_decode_reads_a_bank_of_every_slot(
+    stock_ops: None, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """The bank gives vLLM's results whatever slots a batch uses, and is rewritten only
+    for the slot an adapter enters."""
+    expected = _bank_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), dtype)
+    fast_lora.register()
+    grids: list[int | None] = []
+    batched = linear._batched
+
+    def spy(*args: Any) -> Any:
+        found = batched(*args)
+        grids.append(None if found is None or found.grid is None else found.grid.shape[0])
+        return found
+
+    monkeypatch.setattr(linear, "_batched", spy)
+    got = _bank_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), dtype)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(
+            g, e, rtol=tolerance, atol=tolerance, msg=lambda m, s=step: f"step {s}: {m}"
+        )
+    # Two or three of eight slots: a grid of those; four or more: every slot in place.
+    assert grids == [2, 3, 2, None, None, None, None]
+    (bank,) = [v for k, v in ops._step._kept.items() if k[0] == "bank"]
+    assert isinstance(bank, linear._Bank)
+    assert [b.shape[1] for _, _, b in bank.slices] == [8, 8, 8]
+
+
+def test_slot_versions_change_exactly_when_a_slot_may_hold_other_weights() -> None:
+    """What the banks rely on: a slot's version moves when its adapter changes, when vLLM
+    registers its adapter again, and for every slot when the layout is unknown or resized;
+    never for the other slots or a repeated layout."""
+    memo = ops._StepMemo()
+    memo.new_step((1, 2, None))
+    before = [memo.slot_version(s) for s in range(3)]
+    memo.new_step((1, 2, None))
+    assert [memo.slot_version(s) for s in range(3)] == before
+    memo.new_step((1, 3, None))
+    after = [memo.slot_version(s) for s in range(3)]
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    memo.forget_adapter(1)
+    again = [memo.slot_version(s) for s in range(3)]
+    assert again[0] != after[0] and again[1:] == after[1:]
+    for layout in (None, (1, 3, None, None)):
+        seen = [memo.slot_version(s) for s in range(3)]
+        memo.new_step(layout)
+        assert all(memo.slot_version(s) != v for s, v in enumerate(seen))
+    seen = [memo.slot_version(s) for s in range(3)]
+    memo.reset()
+    assert all(memo.slot_version(s) != v for s, v in enumerate(seen))
+
+
 def _moving_run(wrapper: punica_cpu.PunicaWrapperCPU, forget: bool) -> list[torch.Tensor]:
     """More adapters than slots: adapters leave and come back in other slots, and id 2 is
     registered again with other weights (`forget`: the plugin's registration hook ran)."""
