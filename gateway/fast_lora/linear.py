@@ -197,9 +197,9 @@ def _batched(order: _Order, num_slots: int, batch_rows: int) -> _Batched | None:
         positions = torch.tensor(index)
         # Spans index the batch's own rows when it is in slot order, else the gathered order.
         gather = positions if order.rows is None else order.rows[positions]
-        real = gather[torch.tensor(keep)]
-        ascending, by_target = torch.sort(real)
-        kept = torch.tensor(keep)[by_target]
+        real_positions = torch.tensor(keep)
+        ascending, by_target = torch.sort(gather[real_positions])
+        kept = real_positions[by_target]
         every_position = len(keep) == len(index) and torch.equal(kept, torch.arange(len(index)))
         every_row = len(keep) == batch_rows  # targets are distinct rows of the batch
         batched = _Batched(
@@ -287,20 +287,21 @@ def _bank(
             versions=[None] * num_slots,
         )
         ops._step.put_kept(key, bank)
-        weights = {slot: _slot_weights(lora_a, lora_b, slot) for slot in slots}
+        weights.update({s: _slot_weights(lora_a, lora_b, s) for s in slots if s not in weights})
     for slot, w in weights.items():
         bank.versions[slot] = ops._step.slot_version(slot)
         if bank.held[slot] is w:  # None (an empty slot) too: its row is zero
             continue
         # Zero shrink columns zero the expand rows they meet, so stale b rows need no reset.
         bank.a_t[slot] = 0
-        for part in () if w is None else w.slices:
-            assert w is not None
+        bank.held[slot] = w
+        if w is None:
+            continue
+        for part in w.slices:
             _, columns, b = bank.slices[starts.index(part.cols.start)]
             rank = part.ranks.stop - part.ranks.start
             bank.a_t[slot, :, columns.start : columns.start + rank] = w.a_t[:, part.ranks]
             b[slot, :rank] = part.b_t
-        bank.held[slot] = w
     return bank
 
 
