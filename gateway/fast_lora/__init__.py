@@ -10,7 +10,7 @@ the six punica ops that `vllm.lora.punica_wrapper.punica_cpu` imported from
 - `TUNEGATE_GATEWAY_FAST_LORA` is not switched off. It is read from the environment because
   the plugin runs inside vLLM's worker processes, which never see tunegate's config file.
 
-`TUNEGATE_GATEWAY_FAST_LORA_CACHE_MIB` (default 1024) bounds the host memory that keeps each
+`TUNEGATE_GATEWAY_FAST_LORA_CACHE_MIB` (default 2048) bounds the host memory that keeps each
 adapter's fused matrices while it is out of the engine's slots (see `ops._StepMemo`).
 
 This module imports only the standard library: vLLM imports it in every process, and the
@@ -29,6 +29,7 @@ from gateway._plugin_env import env_flag, env_whole_number
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "DEFAULT_CACHE_MIB",
     "ENV_VAR",
     "OP_NAMES",
     "TESTED_VLLM_VERSION",
@@ -40,7 +41,9 @@ __all__ = [
 
 ENV_VAR = "TUNEGATE_GATEWAY_FAST_LORA"
 CACHE_ENV_VAR = "TUNEGATE_GATEWAY_FAST_LORA_CACHE_MIB"
-_DEFAULT_CACHE_MIB = 1024
+# 64 rank-16 adapters of the default model (about 19.5 MB each in float32) with room to
+# spare: with more adapters than the budget holds, adapters taken round robin miss every time.
+DEFAULT_CACHE_MIB = 2048
 # The ops reproduce this release's torch_ops semantics, checked by the tests against it; a
 # different release may have changed the ops or how punica_cpu calls them.
 TESTED_VLLM_VERSION = "0.32.0"
@@ -70,7 +73,7 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
 def cache_budget(env: Mapping[str, str] | None = None) -> int:
     """Bytes of fused adapter matrices kept across slots (`CACHE_ENV_VAR`, in MiB)."""
     env = os.environ if env is None else env
-    mib = env_whole_number(env, CACHE_ENV_VAR, default=_DEFAULT_CACHE_MIB, minimum=0, unit="MiB")
+    mib = env_whole_number(env, CACHE_ENV_VAR, default=DEFAULT_CACHE_MIB, minimum=0, unit="MiB")
     return mib << 20
 
 

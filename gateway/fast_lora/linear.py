@@ -7,18 +7,18 @@ four interleaved adapters that is ~70 small torch calls for q/k/v alone, and the
 not the arithmetic, is the step's LoRA time (docs/fast-lora.md).
 
 Here the slices are fused per adapter slot: their `lora_a` rows stacked into one matrix, their
-`lora_b` into one block-diagonal matrix, each cut to the slot's live rank (vLLM zero-pads every
-adapter to `max_lora_rank`). The batch's rows are gathered once in slot order; each slot does
-one shrink and its expand (block-diagonal for a few rows, slice by slice for many), added in
-place where its rows are contiguous, else scattered back to its rows. Those per-slot matrices
-depend only on the slot weights, so they are built once per adapter entering a slot (see
-`ops._StepMemo`), and the row order once per step.
+`lora_b` kept slice by slice, each cut to the slot's live rank (vLLM zero-pads every adapter
+to `max_lora_rank`). The batch's rows are gathered once in slot order; each slot does one
+shrink and one expand per slice, added in place where its rows are contiguous, else
+scattered back to its rows; decode rows of several slots go through batched matmuls over a
+bank of every slot's weights (`_Bank`). Those per-slot matrices depend only on the slot
+weights, so they are built once per adapter entering a slot (see `ops._StepMemo`), and the
+row order once per step.
 
-Results equal the wrapper's with the grouped ops: every output column belongs to one slice,
-and the block-diagonal zeros add exact zeros; the float32 shrink buffer and the rounding of
-reduced dtypes are kept (see `ops`). Anything outside what the fusion covers (no hooked step,
-a caller's own buffer, rows that do not match the wrapper's token indices, unexpected shapes)
-runs vLLM's wrapper unchanged.
+Results equal the wrapper's with the grouped ops: every output column belongs to one slice;
+the float32 shrink buffer and the rounding of reduced dtypes are kept (see `ops`). Anything
+outside what the fusion covers (no hooked step, a caller's own buffer, rows that do not match
+the wrapper's token indices, unexpected shapes) runs vLLM's wrapper unchanged.
 """
 
 from __future__ import annotations
@@ -36,11 +36,9 @@ from . import ops
 __all__ = ["fuse_add_lora_linear"]
 
 
-# From this many rows of one slot on, the expand runs slice by slice: the block-diagonal
-# matrix's zeros double (gate/up) or triple (q/k/v) its arithmetic, which at prefill sizes
-# costs more than the extra calls (one module at 512 rows: 0.49 ms per slice vs 0.97 ms
-# block-diagonal for q/k/v, 1.50 vs 2.80 ms for gate/up); below it, fewer calls win.
-_PER_SLICE_ROWS = 64
+# Spans of fewer rows than this (decodes) may go through the batched matmuls; larger ones
+# (prefill chunks) are worth their own calls.
+_SMALL_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -55,12 +53,14 @@ class _Slice:
 @dataclass(frozen=True)
 class _SlotWeights:
     """One slot's slices fused, kept transposed and contiguous as the matmuls read them
-    (a few us less per call at decode sizes): `a_t` (in, sum of ranks), `b_t` (sum of ranks,
-    sum of slices), and `b_t` slice by slice (`slices`: those of rank > 0; `covered`: they
-    cover every output column, so a per-slice result needs no zeroed buffer)."""
+    (a few us less per call at decode sizes): `a_t` (in, sum of ranks) and `b_t` slice by
+    slice (`slices`: those of rank > 0; `covered`: they cover every output column, so a
+    per-slice result needs no zeroed buffer). No block-diagonal `b_t` of all slices: it
+    saved one or two calls per module for a single slot's few rows (under 1% of a step)
+    and doubled the bytes kept per adapter, so that 64 adapters over few slots no longer
+    fit the per-adapter memo and rebuilt their matrices at every slot entry."""
 
     a_t: torch.Tensor
-    b_t: torch.Tensor
     slices: tuple[_Slice, ...]
     covered: bool
 
@@ -102,16 +102,11 @@ def _slot_weights(
                 slices.append(_Slice(cols, ranks, b.T.clone(memory_format=torch.contiguous_format)))
             col, rank = col + b.shape[0], rank + b.shape[1]
         covered = len(slices) == len(b_parts)
-        # Written block by block into zeros: torch.block_diag plus a transposed copy took
-        # 3x as long (one gate/up module: 209 vs 70 us), paid per adapter entering a slot.
-        b_t = torch.zeros(rank, col, dtype=torch.float32)
-        for part in slices:
-            b_t[part.ranks, part.cols] = part.b_t
         a_t = torch.cat(a_parts).T.contiguous()
-        fused = _SlotWeights(a_t, b_t, tuple(slices), covered)
+        fused = _SlotWeights(a_t, tuple(slices), covered)
     size = 0
     if fused is not None:
-        parts = (fused.a_t, fused.b_t, *(part.b_t for part in fused.slices))
+        parts = (fused.a_t, *(part.b_t for part in fused.slices))
         size = sum(t.numel() * t.element_size() for t in parts)
     ops._step.put_slot(slot, key, fused if fused is not None else False, size)
     return fused
@@ -163,7 +158,7 @@ class _Batched:
 def _batched(order: _Order, num_slots: int, batch_rows: int) -> _Batched | None:
     """The order's small spans as equal groups for `torch.bmm`, memoised for the step; None
     where that does not pay: fewer than two small spans (a prefill, one adapter) or padding
-    that would more than double their work. Small: under `_PER_SLICE_ROWS` rows, the largest
+    that would more than double their work. Small: under `_SMALL_ROWS` rows, the largest
     dropped until the padding criterion holds (one prefill chunk beside many decodes)."""
     key = (
         "batched",
@@ -175,7 +170,7 @@ def _batched(order: _Order, num_slots: int, batch_rows: int) -> _Batched | None:
     memo = ops._step.get(key)
     if memo is not None:
         return memo if isinstance(memo, _Batched) else None
-    small = sorted((s for s in order.spans if s[2] - s[1] < _PER_SLICE_ROWS), key=_span_size)
+    small = sorted((s for s in order.spans if s[2] - s[1] < _SMALL_ROWS), key=_span_size)
     while small and _span_size(small[-1]) * len(small) > 2 * sum(map(_span_size, small)):
         small.pop()
     batched: _Batched | None = None
@@ -393,19 +388,13 @@ def _fused(
         if order.rows is None and not reduced:
             # Contiguous rows in the model's own dtype: accumulate in place, one pass over
             # the output instead of a product written out and then added.
-            if rows >= _PER_SLICE_ROWS:
-                for part in weights.slices:
-                    out[start:stop, part.cols].addmm_(h[:, part.ranks], part.b_t)
-            else:
-                out[start:stop].addmm_(h, weights.b_t.to(dtype))
-            continue
-        if rows >= _PER_SLICE_ROWS:
-            new = torch.empty if weights.covered else torch.zeros
-            value = new((rows, width), dtype=h.dtype)
             for part in weights.slices:
-                torch.mm(h[:, part.ranks], part.b_t, out=value[:, part.cols])
-        else:
-            value = torch.mm(h, weights.b_t.to(h.dtype))
+                out[start:stop, part.cols].addmm_(h[:, part.ranks], part.b_t)
+            continue
+        new = torch.empty if weights.covered else torch.zeros
+        value = new((rows, width), dtype=h.dtype)
+        for part in weights.slices:
+            torch.mm(h[:, part.ranks], part.b_t, out=value[:, part.cols])
         if reduced:
             value = value.to(dtype)
         if order.rows is None:

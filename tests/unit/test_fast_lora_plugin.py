@@ -64,7 +64,7 @@ def test_switch_values(value: str | None, expected: bool) -> None:
     assert fast_lora.enabled(env) is expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, 1 << 30), (" 64 ", 64 << 20), ("0", 0)])
+@pytest.mark.parametrize(("value", "expected"), [(None, 2 << 30), (" 64 ", 64 << 20), ("0", 0)])
 def test_cache_budget_values(value: str | None, expected: int) -> None:
     env = {} if value is None else {fast_lora.CACHE_ENV_VAR: value}
     assert fast_lora.cache_budget(env) == expected
@@ -167,9 +167,9 @@ def _run(
         slots.step(wrapper, LoRAMapping((0, 2, 0, 3, 3, 2), (0, 2, 0, 3, 3, 2)), 6),
         slots.step(wrapper, LoRAMapping((0, 0), (0, 0)), 7),
     ]
-    # Prefill-sized batches (from linear._PER_SLICE_ROWS rows of a slot on, the fused path
-    # expands slice by slice): contiguous slots, then requests alternating between slots
-    # (rows gathered), with an adapter that leaves one slice out.
+    # Prefill-sized batches (from linear._SMALL_ROWS rows of a slot on, each slot's span runs
+    # on its own): contiguous slots, then requests alternating between slots (rows
+    # gathered), with an adapter that leaves one slice out.
     outs += [
         slots.step(wrapper, _prefill((3, 70), (2, 66), (0, 5)), 8),
         slots.step(wrapper, _prefill((3, 40), (2, 40), (3, 40), (0, 3), (2, 40)), 9),
@@ -198,8 +198,8 @@ def _run(
     ]
     slots.load(2, adapter_id=7, rank=4)
     outs += [slots.step(wrapper, LoRAMapping((5, 7, 3), (5, 7, 3)), 17)]
-    # Batched decodes expand slice by slice where every slot has the same slices (here
-    # without slice 1), block-diagonal where they differ (slice 1 vs slice 2 left out).
+    # Batched decodes over slots whose adapters leave out a slice: the same one (slice 1),
+    # then different ones (slice 1 vs slice 2), so the bank's rows hold zeros for them.
     slots.load(2, adapter_id=8, rank=8, skip=1)
     slots.load(0, adapter_id=9, rank=8, skip=1)
     outs += [slots.step(wrapper, LoRAMapping((9, 8, 0, 8, 9), (9, 8, 0, 8, 9)), 18)]
@@ -438,10 +438,34 @@ def test_adapter_memo_stays_within_its_budget(stock_ops: None) -> None:
     ops._step.adapter_budget = 1  # every adapter but the latest is evicted at once
     got = _moving_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), forget=True)
     assert len(ops._step._by_adapter) == 1 and ops._step._adapter_bytes > 0
+    # As a new engine would start: the run reuses adapter ids with other weights without
+    # registering them again, and its tensors may get the addresses the memo's keys hold.
+    ops._step.reset()
     ops._step.adapter_budget = 1 << 30
     expected = _moving_run(punica_cpu.PunicaWrapperCPU(256, 16, "cpu"), forget=True)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_memo_keeps_each_slice_once(stock_ops: None) -> None:
+    """What an adapter costs the memo: its fused shrink matrix and each slice's expand
+    matrix at its live rank, in float32, and nothing else (a block-diagonal copy of the
+    slices doubled it, and 64 adapters of the default model no longer fit the budget)."""
+    fast_lora.register()
+    slots = _Slots(torch.bfloat16)
+    slots.load(0, adapter_id=1, rank=5)
+    slots.load(1, adapter_id=2, rank=3, skip=2)
+    wrapper = punica_cpu.PunicaWrapperCPU(256, 16, "cpu")
+    # A prefill (each slot on its own) and a decode (the bank) over both adapters.
+    slots.step(wrapper, _prefill((1, 70), (2, 3)), 0)
+    slots.step(wrapper, LoRAMapping((1, 2, 1, 2), (1, 2, 1, 2)), 1)
+    width, sizes = _Slots.WIDTH, _Slots.SLICES
+    expected = {
+        1: 4 * (width * 5 * 3 + 5 * sum(sizes)),
+        2: 4 * (width * 3 * 2 + 3 * (sizes[0] + sizes[1])),
+    }
+    assert {k: held for k, (_, held) in ops._step._by_adapter.items()} == expected
+    assert ops._step._adapter_bytes == sum(expected.values())
 
 
 def test_switched_off_leaves_vllm_ops(stock_ops: None, monkeypatch: pytest.MonkeyPatch) -> None:
