@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from unittest.mock import patch  # the standard library's "set these keys, then restore"
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -126,6 +128,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         purges: asyncio.Task[None] | None = None
+        # The plugins in the engines' processes (started here, and later by model_engines)
+        # read their settings from the environment those processes inherit; it is put back
+        # as it was when the app stops.
+        plugin_env = patch.dict(os.environ, config.plugin_env())
+        plugin_env.start()
         try:
             for engine in bases.values():
                 await engine.start()
@@ -148,6 +155,7 @@ def create_app(
             await watchdog.close()
             drift.close()
             await _shutdown(services, bases, model_engines)
+            plugin_env.stop()
 
     app = Litestar(
         route_handlers=[

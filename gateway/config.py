@@ -28,6 +28,8 @@ from typing import Any
 
 from adapters_store.config import check_postgres_url
 from adapters_store.hardware import ENGINE_DTYPES
+from gateway import fast_lora as fast_lora_plugin
+from gateway import shm_polling
 from gateway.auth.config import AuthConfig
 from gateway.capture.config import CaptureConfig
 from gateway.monitoring.config import MonitorConfig
@@ -251,12 +253,25 @@ class GatewayConfig:
         default=30.0,
         metadata={"doc": "On SIGTERM, how long in-flight requests may finish before abort."},
     )
+    # The next three are read by tunegate's plugins inside vLLM's processes, which see the
+    # environment only: `plugin_env` gives the effective values, exported before the engine
+    # starts (their TUNEGATE_GATEWAY_* names are the plugins' own variables).
     fast_lora: bool = field(
         default=True,
+        metadata={"doc": "Grouped CPU LoRA ops (gateway/fast_lora, docs/fast-lora.md)."},
+    )
+    fast_lora_cache_mib: int = field(
+        default=fast_lora_plugin.DEFAULT_CACHE_MIB,
         metadata={
-            "doc": "Grouped CPU LoRA ops (gateway/fast_lora, docs/fast-lora.md). vLLM's "
-            "processes read it from TUNEGATE_GATEWAY_FAST_LORA, so a config-file value must "
-            "be exported there before the engine starts."
+            "doc": "Host memory (MiB) that keeps each adapter's fused LoRA matrices while "
+            "it is out of the engine's slots (fast LoRA ops; 0: rebuilt at every entry)."
+        },
+    )
+    shm_poll: bool = field(
+        default=True,
+        metadata={
+            "doc": "Polite polling of vLLM's shared-memory queues on the CPU "
+            "(gateway/shm_polling.py), so the engine does not starve the HTTP server."
         },
     )
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -284,3 +299,13 @@ class GatewayConfig:
             )
         if self.drain_timeout_s < 0:
             raise ValueError("gateway.drain_timeout_s must be >= 0")
+        if self.fast_lora_cache_mib < 0:
+            raise ValueError("gateway.fast_lora_cache_mib must be >= 0")
+
+    def plugin_env(self) -> dict[str, str]:
+        """The environment that carries these settings to the plugins in vLLM's processes."""
+        return {
+            fast_lora_plugin.ENV_VAR: "1" if self.fast_lora else "0",
+            fast_lora_plugin.CACHE_ENV_VAR: str(self.fast_lora_cache_mib),
+            shm_polling.ENV_VAR: "1" if self.shm_poll else "0",
+        }
