@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_BASE",
     "MANY_PROMPTS",
     "PROMPTS",
+    "cpu_seconds",
     "finish",
     "free_port",
     "gateway_command",
@@ -93,6 +94,21 @@ def finish(out: Path, result: dict[str, object], table: str) -> int:
     print(table)
     print(f"wrote {out}")
     return 0
+
+
+def cpu_seconds(pid: int, *, descendants: bool = False) -> float:
+    """CPU seconds (user + system) process `pid` has used so far; with `descendants`, those
+    of its live child processes too, recursively (a server's engine core and workers). A
+    child that exits in between is left out, so take differences over the server's life."""
+    import psutil  # a dependency of vLLM
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *(root.children(recursive=True) if descendants else ())):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def free_port() -> int:

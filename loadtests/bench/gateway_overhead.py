@@ -38,6 +38,7 @@ import httpx
 from loadtests.bench.common import (
     DEFAULT_BASE,
     PROMPTS,
+    cpu_seconds,
     finish,
     free_port,
     gateway_command,
@@ -189,13 +190,6 @@ async def _round(
     return wall, errors, sum(tokens for _, tokens, _ in results), ttfts
 
 
-def _cpu_s(pid: int) -> float:
-    import psutil  # a dependency of vLLM
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 def _measure(
     server: str,
     url: str,
@@ -224,11 +218,11 @@ def _measure_round(
     concurrency: int,
     r: int,
 ) -> Round:
-    cpu_before = _cpu_s(pid)
+    cpu_before = cpu_seconds(pid)
     wall, errors, tokens, ttfts = asyncio.run(
         _round(url, models, concurrency, args.max_tokens, stream=mode == "stream")
     )
-    cpu = _cpu_s(pid) - cpu_before
+    cpu = cpu_seconds(pid) - cpu_before
     result = Round(
         server=server,
         mode=mode,

@@ -53,6 +53,7 @@ import httpx
 from loadtests.bench.common import (
     DEFAULT_BASE,
     MANY_PROMPTS,
+    cpu_seconds,
     free_port,
     gateway_command,
     gateway_env,
@@ -248,27 +249,14 @@ async def _closed_loop(
     return wall, results
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of process `pid` and its live descendants so far."""
-    import psutil  # a dependency of vLLM
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for proc in (root, *root.children(recursive=True)):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def _gateway_run(
     url: str, pid: int, models: list[str], adapters: int, r: int, args: argparse.Namespace
 ) -> Run:
-    cpu_before = _tree_cpu_s(pid)
+    cpu_before = cpu_seconds(pid, descendants=True)
     wall, results = asyncio.run(
         _closed_loop(url, models, args.requests, args.concurrency, args.max_tokens)
     )
-    cpu = _tree_cpu_s(pid) - cpu_before
+    cpu = cpu_seconds(pid, descendants=True) - cpu_before
     errors = [str(error) for ok, _, _, error in results if not ok]
     run = Run(
         config=_config_name(adapters),
