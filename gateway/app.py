@@ -126,13 +126,16 @@ def create_app(
     observe_remote_engines(services.telemetry, bases)
 
     @asynccontextmanager
+    async def plugin_environment(app: Litestar) -> AsyncIterator[None]:
+        # The plugins in the engines' processes (started by `lifespan`, and later by
+        # model_engines) read their settings from the environment those processes inherit;
+        # litestar leaves this manager last, so it is put back after everything stopped.
+        with patch.dict(os.environ, config.plugin_env()):
+            yield
+
+    @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         purges: asyncio.Task[None] | None = None
-        # The plugins in the engines' processes (started here, and later by model_engines)
-        # read their settings from the environment those processes inherit; it is put back
-        # as it was when the app stops.
-        plugin_env = patch.dict(os.environ, config.plugin_env())
-        plugin_env.start()
         try:
             for engine in bases.values():
                 await engine.start()
@@ -155,7 +158,6 @@ def create_app(
             await watchdog.close()
             drift.close()
             await _shutdown(services, bases, model_engines)
-            plugin_env.stop()
 
     app = Litestar(
         route_handlers=[
@@ -173,7 +175,7 @@ def create_app(
         exception_handlers=exception_handlers,
         middleware=[auth_middleware()],
         request_max_body_size=config.max_body_bytes,
-        lifespan=[lifespan],
+        lifespan=[plugin_environment, lifespan],
         openapi_config=OpenAPIConfig(
             title="tunegate gateway",
             version="1",

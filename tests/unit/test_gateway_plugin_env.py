@@ -69,6 +69,25 @@ def test_environment_wins_over_the_file_and_is_restored(
     assert fast_lora.ENV_VAR not in os.environ
 
 
+class _FailsToStart(FakeEngine):
+    async def start(self) -> None:
+        assert os.environ[fast_lora.ENV_VAR] == "0"
+        raise RuntimeError("no engine today")
+
+
+def test_environment_is_restored_when_the_engine_fails_to_start(
+    home: Path, tmp_path: Path, clean_env: None
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("gateway:\n  fast_lora: false\n")
+    app = create_app(load_settings(config), engine_factory=_FailsToStart, use_store=False)
+    # The test client's task group hands the start-up failure on in an ExceptionGroup.
+    with pytest.raises(ExceptionGroup) as failure, TestClient(app):
+        pass
+    assert failure.group_contains(RuntimeError, match="no engine today")
+    assert not any(var in os.environ for var in VARS)
+
+
 def test_a_negative_cache_budget_is_a_clear_error(tmp_path: Path, clean_env: None) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("gateway:\n  fast_lora_cache_mib: -1\n")
